@@ -1,0 +1,109 @@
+"""Loading bases and writing checkpoints: hub id or folder in, complete HF folder out, atomically."""
+
+import json
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .errors import MidusError, UsageError
+
+# decoder families whose blocks are Llama blocks (norm, q/k/v/o attention, gated FFN)
+SUPPORTED_MODEL_TYPES = ("llama",)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MIDUS_AUTO_MAP = {
+    "AutoConfig": "configuration_midus.MidusConfig",
+    "AutoModel": "modeling_midus.MidusModel",
+    "AutoModelForCausalLM": "modeling_midus.MidusForCausalLM",
+}
+
+
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def resolve(name: str) -> str:
+    """A local folder (checked) or a hub id; anything else is an error."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise MidusError(f"{name}: not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if not HUB_ID.match(name):
+        raise MidusError(f"{name}: no such folder")
+    return name
+
+
+def load_config(name: str):
+    """The config of a hub id or local folder, with a one-line error for every way it can fail."""
+    source = resolve(name)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        where = "its config.json is unreadable" if Path(source).exists() else "not a local folder, and the hub could not provide it"
+        raise MidusError(f"{name}: {where} ({first_line(error)})") from None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_family(config, name: str) -> None:
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise MidusError(
+            f"base {name}: model_type {config.model_type!r} is not a supported decoder; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if config.head_dim % 2:
+        raise MidusError(f"base {name}: head size {config.head_dim} is odd; product keys split each head's query in halves")
+
+
+def load_base(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
+    """A Llama-family base model and its tokenizer from a hub id or a local folder."""
+    config = load_config(name)
+    check_family(config, name)
+    source = resolve(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except (OSError, ValueError, RuntimeError) as error:
+        raise MidusError(f"base {name}: cannot load its weights ({first_line(error)})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise MidusError(f"base {name}: cannot load its tokenizer ({first_line(error)})") from None
+    return model, tokenizer
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UsageError(f"output {out_dir} exists and is not empty; choose a new folder")
+    return out_dir
+
+
+@contextmanager
+def atomic_dir(out_dir: str | Path):
+    """Yield a temporary sibling folder; on success it becomes `out_dir`, on failure it is removed."""
+    out_dir = check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model(model: PreTrainedModel, tokenizer, folder: Path, max_shard_size: str = "500MB") -> None:
+    """save_pretrained with sharded safetensors; a MIDUS model ships its code and a full auto_map."""
+    if model.config.model_type == "midus":
+        model.config.auto_map = dict(MIDUS_AUTO_MAP)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)

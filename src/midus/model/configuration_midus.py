@@ -1,0 +1,54 @@
+"""MidusConfig: a LlamaConfig whose layers may be memory blocks."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+LAYER_KINDS = ("decoder", "memory", "pkm")
+
+MEMORY_DEFAULTS = {
+    "n_keys": 64,  # n: sub-keys per half, n*n slots per head
+    "topk": 32,  # k: slots retrieved per head and token
+    "latent_dim": 64,  # r: width of the HIVE latent bank
+    "values": "hive",  # hive | per-head | shared
+    "query_norm": "rms",  # none | rms | layer
+    "share_bank": False,  # one bank for all memory blocks, owned by the model
+    "pkm_heads": 4,  # the pkm baseline: query heads of its own projection
+    "pkm_key_dim": 128,  # the pkm baseline: query / key width per head
+}
+
+
+@strict
+class MidusConfig(LlamaConfig):
+    r"""
+    layer_map (`list[dict]`, *optional*):
+        One entry per layer: `kind` (decoder | memory | pkm), `source` (the base block it was copied
+        from, or null) and `new` (whether growth added it). Defaults to plain decoder blocks.
+    memory (`dict`, *optional*):
+        Settings of the memory layers; missing keys take `MEMORY_DEFAULTS`.
+    """
+
+    model_type = "midus"
+
+    layer_map: list | None = None
+    memory: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.layer_map is None:
+            self.layer_map = [{"kind": "decoder", "source": i, "new": False} for i in range(self.num_hidden_layers)]
+        self.memory = {**MEMORY_DEFAULTS, **(self.memory or {})}
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if len(self.layer_map) != self.num_hidden_layers:
+            raise ValueError(f"layer_map has {len(self.layer_map)} entries for {self.num_hidden_layers} layers")
+        kinds = {entry["kind"] for entry in self.layer_map}
+        if not kinds <= set(LAYER_KINDS):
+            raise ValueError(f"unknown layer kind in {sorted(kinds)}; valid: {', '.join(LAYER_KINDS)}")
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        return [entry["kind"] for entry in self.layer_map]
+
+
+__all__ = ["MidusConfig", "MEMORY_DEFAULTS", "LAYER_KINDS"]

@@ -1,0 +1,75 @@
+"""The Head-wise Memory Layer (HML) and the classic product-key memory (PKM) baseline."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .retrieval import product_key_topk
+from .values import SharedValues, build_values
+
+
+def normalize_query(query: torch.Tensor, kind: str) -> torch.Tensor:
+    """Parameter-free norm over each head's query (a learnable scale would duplicate the keys')."""
+    if kind == "rms":
+        return F.rms_norm(query, (query.shape[-1],))
+    if kind == "layer":
+        return F.layer_norm(query, (query.shape[-1],))
+    return query
+
+
+class ProductKeys(nn.Module):
+    """Sub-key tables for `heads` key spaces: keys [H, 2, n, d_k/2], top-k softmax retrieval."""
+
+    def __init__(self, heads: int, key_dim: int, n_keys: int, topk: int):
+        super().__init__()
+        self.topk = topk
+        self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, key_dim // 2))
+
+    def forward(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query [N, H, d_k] -> slots [N, H, k], weights [N, H, k] (softmax over the k scores)."""
+        scores, slots = product_key_topk(query, self.keys.to(query.dtype), self.topk)
+        return slots, scores.float().softmax(-1).to(query.dtype)
+
+
+class HeadwiseMemoryLayer(nn.Module):
+    """HML: each attention head's output a_h queries its own product keys (no query projection);
+    the retrieved slots are realised by `values` (HIVE by default) into R^d."""
+
+    def __init__(self, config, owns_bank: bool = True):
+        super().__init__()
+        memory = config.memory
+        self.heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.query_norm = memory["query_norm"]
+        self.retrieval = ProductKeys(self.heads, self.head_dim, memory["n_keys"], memory["topk"])
+        self.values = build_values(memory["values"], memory["n_keys"] ** 2, self.heads, self.head_dim,
+                                   memory["latent_dim"], config.hidden_size, owns_bank)
+        self.head_mask = None  # [H] multiplier on each head's contribution (analysis)
+
+    def retrieve(self, heads_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., H, d_h] attention outputs -> slots, weights [N, H, k] over the flattened positions."""
+        query = normalize_query(heads_output.reshape(-1, self.heads, self.head_dim), self.query_norm)
+        return self.retrieval(query)
+
+    def forward(self, heads_output: torch.Tensor, shared_bank: torch.Tensor | None = None) -> torch.Tensor:
+        slots, weights = self.retrieve(heads_output)
+        out = self.values(slots, weights, shared_bank, self.head_mask)
+        return out.view(*heads_output.shape[:-2], -1)
+
+
+class ProductKeyMemory(nn.Module):
+    """Classic PKM (Lample et al. 2019) in place of an FFN: a query projection from the hidden state
+    into `pkm_heads` key spaces, one value table [n*n, d] shared by the heads, heads summed."""
+
+    def __init__(self, config, owns_bank: bool = True):
+        super().__init__()
+        memory = config.memory
+        self.heads, self.key_dim = memory["pkm_heads"], memory["pkm_key_dim"]
+        self.query_norm = memory["query_norm"]
+        self.query_proj = nn.Linear(config.hidden_size, self.heads * self.key_dim, bias=False)
+        self.retrieval = ProductKeys(self.heads, self.key_dim, memory["n_keys"], memory["topk"])
+        self.values = SharedValues(memory["n_keys"] ** 2, self.heads, config.hidden_size, owns_bank)
+
+    def forward(self, hidden_states: torch.Tensor, shared_bank: torch.Tensor | None = None) -> torch.Tensor:
+        query = self.query_proj(hidden_states).view(-1, self.heads, self.key_dim)
+        slots, weights = self.retrieval(normalize_query(query, self.query_norm))
+        return self.values(slots, weights, shared_bank).view(hidden_states.shape)

@@ -1,0 +1,236 @@
+"""MIDUS: a Llama decoder whose stack mixes decoder blocks with memory blocks.
+
+A memory block keeps the attention of the block it was copied from but not its output projection
+nor its FFN; the per-head attention outputs query a Head-wise Memory Layer (HML):
+
+    a   = Attn'(RMSNorm(x))   # [.., H, d_h], q/k/v + RoPE + GQA + KV cache, no o_proj
+    out = x + HML(a)          # the only residual add
+
+Relative imports only: `save_pretrained` ships this folder as remote code.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+from transformers.utils import can_return_tuple
+
+from .configuration_midus import MidusConfig
+from .hml import HeadwiseMemoryLayer, ProductKeyMemory, ProductKeys
+from .values import HiveValues, MemoryValues
+
+
+class MidusHeadsAttention(LlamaAttention):
+    """Llama attention without o_proj: returns the per-head outputs [B, T, H, d_h]."""
+
+    def __init__(self, config: MidusConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        del self.o_proj
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        heads_output, _ = attention(
+            self, query, key, value, attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling, **kwargs,
+        )
+        return heads_output  # [B, T, H, d_h]
+
+
+class MidusMemoryBlock(GradientCheckpointingLayer):
+    """x + HML(Attn'(RMSNorm(x))): no FFN, no post-attention norm."""
+
+    def __init__(self, config: MidusConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = MidusHeadsAttention(config, layer_idx)
+        self.memory = HeadwiseMemoryLayer(config, owns_bank=not config.memory["share_bank"])
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, position_embeddings=None, shared_bank=None, **kwargs):
+        heads_output = self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
+            attention_mask=attention_mask, past_key_values=past_key_values, **kwargs,
+        )
+        return hidden_states + self.memory(heads_output, shared_bank)
+
+
+class MidusPKMBlock(LlamaDecoderLayer):
+    """The memory-layer baseline: a full decoder block whose FFN is a classic product-key memory."""
+
+    def __init__(self, config: MidusConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.mlp = ProductKeyMemory(config)
+
+
+BLOCKS = {"decoder": LlamaDecoderLayer, "memory": MidusMemoryBlock, "pkm": MidusPKMBlock}
+
+
+class MidusPreTrainedModel(PreTrainedModel):
+    config: MidusConfig
+    config_class = MidusConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer", "MidusMemoryBlock", "MidusPKMBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {}
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ProductKeys):
+            bound = module.keys.shape[-1] ** -0.5
+            init.uniform_(module.keys, -bound, bound)
+        elif isinstance(module, MemoryValues) and module.bank is not None:
+            init_bank(module.bank, hive=isinstance(module, HiveValues))
+        if isinstance(module, HiveValues):
+            init.zeros_(module.proj.weight)  # P = 0: an inserted memory block starts as the identity
+        if isinstance(module, MidusModel) and module.shared_bank is not None:
+            init_bank(module.shared_bank, hive=self.config.memory["values"] == "hive")
+
+
+def init_bank(bank: torch.Tensor, hive: bool) -> None:
+    """HIVE's latent bank U ~ N(0, r^-1/2); the ablations' value tables start at zero (identity)."""
+    if hive:
+        init.normal_(bank, std=bank.shape[-1] ** -0.5)
+    else:
+        init.zeros_(bank)
+
+
+class MidusModel(MidusPreTrainedModel):
+    def __init__(self, config: MidusConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [BLOCKS[kind](config, layer_idx) for layer_idx, kind in enumerate(config.layer_kinds)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.shared_bank = None
+        if config.memory["share_bank"]:
+            shapes = {layer.memory.values.bank_shape for layer in self.layers if isinstance(layer, MidusMemoryBlock)}
+            if len(shapes) != 1:
+                raise ValueError("share_bank needs at least one memory block")
+            self.shared_bank = nn.Parameter(torch.empty(shapes.pop()))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        for layer in self.layers[: self.config.num_hidden_layers]:
+            extra = {"shared_bank": self.shared_bank} if isinstance(layer, MidusMemoryBlock) else {}
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **extra,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class MidusForCausalLM(MidusPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MidusConfig):
+        super().__init__(config)
+        self.model = MidusModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+
+__all__ = ["MidusPreTrainedModel", "MidusModel", "MidusForCausalLM", "MidusMemoryBlock", "MidusPKMBlock"]

@@ -1,0 +1,116 @@
+"""Value realisations of the head-wise memory: HIVE and the two ablation variants.
+
+Every variant reads a table ("bank") at the retrieved slots with the retrieval weights. The bank is
+either owned by the module or, with `share_bank`, owned once by the model and passed to `forward`.
+"""
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@lru_cache(maxsize=None)
+def embedding_bag_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether weighted embedding_bag runs forward and backward for this device and dtype."""
+    try:
+        bank = torch.zeros(4, 2, device=device_type, dtype=dtype, requires_grad=True)
+        weights = torch.ones(1, 2, device=device_type, dtype=dtype, requires_grad=True)
+        ids = torch.zeros(1, 2, device=device_type, dtype=torch.int32)
+        F.embedding_bag(ids, bank, per_sample_weights=weights, mode="sum").sum().backward()
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_t weights[..., t] * bank[slots[..., t]]: [M, k] slots and weights -> [M, dim]."""
+    if embedding_bag_supported(bank.device.type, bank.dtype):
+        return F.embedding_bag(slots.int(), bank, per_sample_weights=weights.to(bank.dtype), mode="sum")
+    return gather_pool(bank, slots, weights)
+
+
+def gather_pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The same weighted sum with a plain gather (fallback, and the reference in tests)."""
+    return (bank[slots] * weights.to(bank.dtype).unsqueeze(-1)).sum(-2)
+
+
+class MemoryValues(nn.Module):
+    """Base: holds the bank (unless shared) and reads it for retrieved slots [N, H, k]."""
+
+    def __init__(self, bank_shape: tuple[int, int], owns_bank: bool):
+        super().__init__()
+        self.bank_shape = bank_shape
+        self.bank = nn.Parameter(torch.empty(bank_shape)) if owns_bank else None
+
+    def resolve_bank(self, shared_bank: torch.Tensor | None) -> torch.Tensor:
+        bank = self.bank if self.bank is not None else shared_bank
+        if bank is None:
+            raise ValueError("this memory layer uses the model's shared bank, but none was passed")
+        return bank
+
+
+class HiveValues(MemoryValues):
+    """HIVE: one latent bank U [n*n, r]; z_h = sum_t w_h,t U[I_h,t]; m = sum_h P_h^T z_h.
+
+    Pooling happens in the latent space first; the per-head projections P_h [r, d] are one
+    Linear(H*r -> d), so m = proj(concat_h z_h). Exact by linearity, and k times fewer projected rows.
+    """
+
+    def __init__(self, n_slots: int, heads: int, latent_dim: int, hidden_size: int, owns_bank: bool = True):
+        super().__init__((n_slots, latent_dim), owns_bank)
+        self.heads, self.latent_dim = heads, latent_dim
+        self.proj = nn.Linear(heads * latent_dim, hidden_size, bias=False)
+
+    def forward(self, slots, weights, shared_bank=None, head_mask=None):
+        n_tokens = slots.shape[0]
+        latent = pool(self.resolve_bank(shared_bank), slots.flatten(0, 1), weights.flatten(0, 1))
+        latent = latent.view(n_tokens, self.heads, self.latent_dim)  # z_h
+        if head_mask is not None:
+            latent = latent * head_mask.view(1, self.heads, 1).to(latent.dtype)
+        return self.proj(latent.flatten(1))
+
+
+class PerHeadValues(MemoryValues):
+    """Ablation: an independent table U_h [n*n, d_h] per head (stored as one [H*n*n, d_h] table),
+    heads concatenated to d."""
+
+    def __init__(self, n_slots: int, heads: int, head_dim: int, owns_bank: bool = True):
+        super().__init__((heads * n_slots, head_dim), owns_bank)
+        self.heads, self.head_dim, self.n_slots = heads, head_dim, n_slots
+
+    def forward(self, slots, weights, shared_bank=None, head_mask=None):
+        n_tokens = slots.shape[0]
+        offsets = torch.arange(self.heads, device=slots.device).view(1, self.heads, 1) * self.n_slots
+        out = pool(self.resolve_bank(shared_bank), (slots + offsets).flatten(0, 1), weights.flatten(0, 1))
+        out = out.view(n_tokens, self.heads, self.head_dim)
+        if head_mask is not None:
+            out = out * head_mask.view(1, self.heads, 1).to(out.dtype)
+        return out.flatten(1)
+
+
+class SharedValues(MemoryValues):
+    """Ablation (Memory-Layers style): one table [n*n, d] read by every head, heads summed.
+
+    Summing the heads' pooled rows is one bag of H*k rows per token."""
+
+    def __init__(self, n_slots: int, heads: int, hidden_size: int, owns_bank: bool = True):
+        super().__init__((n_slots, hidden_size), owns_bank)
+        self.heads = heads
+
+    def forward(self, slots, weights, shared_bank=None, head_mask=None):
+        if head_mask is not None:
+            weights = weights * head_mask.view(1, self.heads, 1).to(weights.dtype)
+        return pool(self.resolve_bank(shared_bank), slots.flatten(1), weights.flatten(1))
+
+
+def build_values(kind: str, n_slots: int, heads: int, head_dim: int, latent_dim: int, hidden_size: int,
+                 owns_bank: bool = True) -> MemoryValues:
+    if kind == "hive":
+        return HiveValues(n_slots, heads, latent_dim, hidden_size, owns_bank)
+    if kind == "per-head":
+        return PerHeadValues(n_slots, heads, head_dim, owns_bank)
+    if kind == "shared":
+        return SharedValues(n_slots, heads, hidden_size, owns_bank)
+    raise ValueError(f"unknown memory values {kind!r}; valid: hive, per-head, shared")

@@ -1,0 +1,21 @@
+import os
+
+# No test may reach the network: the hub is offline here and in CI.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from midus.tiny import write_tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A tiny random Llama (4 blocks, d 64, 4 heads, 2 KV heads) with a BPE tokenizer, on disk."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-base") / "base", layers=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_8(tmp_path_factory):
+    """A tiny random Llama with 8 blocks, for placement policies that need room."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-base-8") / "base", layers=8, seed=1)
