@@ -5,6 +5,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from ..checkpoint import atomic_dir, check_out_dir, load_base, save_model
+from ..parameters import count_parameters
 from ..recipe import RECIPE_FILE, Recipe
 from . import midus  # noqa: F401  (each method module registers itself)
 from .registry import METHODS
@@ -15,10 +16,6 @@ def upscale(base: "str | PreTrainedModel", recipe: Recipe) -> PreTrainedModel:
     if isinstance(base, str):
         base, _ = load_base(base, recipe.dtype)
     return METHODS[recipe.method](base, recipe)
-
-
-def count_parameters(model: PreTrainedModel) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def upscale_to_folder(recipe: Recipe, out_dir: str | Path) -> Path:
@@ -68,4 +65,4 @@ def model_card(recipe: Recipe, grown: PreTrainedModel, base_params: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["METHODS", "upscale", "upscale_to_folder", "count_parameters"]
+__all__ = ["METHODS", "upscale", "upscale_to_folder"]

@@ -1,0 +1,34 @@
+"""Which parameters are which: memory (keys and banks), new blocks, everything."""
+
+from torch import nn
+
+from .model.hml import ProductKeys
+from .model.values import MemoryValues
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def memory_parameter_names(model: nn.Module) -> set[str]:
+    """Sub-keys and value banks/tables (trained at the max learning rate, no schedule, no weight
+    decay); the HIVE projections P are not in this set."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, ProductKeys):
+            names.add(f"{module_name}.keys")
+        elif isinstance(module, MemoryValues) and module.bank is not None:
+            names.add(f"{module_name}.bank")
+    names.update(name for name, _ in model.named_parameters() if name.endswith("shared_bank"))
+    return names
+
+
+def new_layer_indices(config) -> list[int]:
+    """Indices of the blocks growth added, from `config.layer_map` (MIDUS and grown Llama configs)."""
+    return [i for i, entry in enumerate(getattr(config, "layer_map", None) or []) if entry.get("new")]
+
+
+def new_block_parameter_names(model: nn.Module) -> set[str]:
+    """Parameters of the blocks growth added (`trainable: new-blocks`), plus a shared memory bank."""
+    prefixes = tuple(f"model.layers.{i}." for i in new_layer_indices(model.config))
+    return {name for name, _ in model.named_parameters() if name.startswith(prefixes) or name.endswith("shared_bank")}
