@@ -1,6 +1,5 @@
 """Loading bases and writing checkpoints: hub id or folder in, complete HF folder out, atomically."""
 
-import json
 import re
 import shutil
 import tempfile
@@ -8,6 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .errors import MidusError, UsageError
@@ -42,12 +43,15 @@ def load_config(name: str):
     source = resolve(name)
     try:
         return AutoConfig.from_pretrained(source)
-    except (OSError, ValueError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, TypeError, StrictDataclassError) as error:
         where = "its config.json is unreadable" if Path(source).exists() else "not a local folder, and the hub could not provide it"
         raise MidusError(f"{name}: {where} ({first_line(error)})") from None
 
 
 def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or of its cause's (validation errors wrap the reason)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
@@ -57,8 +61,6 @@ def check_family(config, name: str) -> None:
             f"base {name}: model_type {config.model_type!r} is not a supported decoder; "
             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    if config.head_dim % 2:
-        raise MidusError(f"base {name}: head size {config.head_dim} is odd; product keys split each head's query in halves")
 
 
 def load_base(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
@@ -68,7 +70,7 @@ def load_base(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, objec
     source = resolve(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise MidusError(f"base {name}: cannot load its weights ({first_line(error)})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

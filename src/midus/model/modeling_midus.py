@@ -32,7 +32,7 @@ from transformers.utils import can_return_tuple
 
 from .configuration_midus import MidusConfig
 from .hml import HeadwiseMemoryLayer, ProductKeyMemory, ProductKeys
-from .values import HiveValues, MemoryValues
+from .values import HiveValues, MemoryValues, ZeroInitLinear
 
 
 class MidusHeadsAttention(LlamaAttention):
@@ -111,8 +111,8 @@ class MidusPreTrainedModel(PreTrainedModel):
             init.uniform_(module.keys, -bound, bound)
         elif isinstance(module, MemoryValues) and module.bank is not None:
             init_bank(module.bank, hive=isinstance(module, HiveValues))
-        if isinstance(module, HiveValues):
-            init.zeros_(module.proj.weight)  # P = 0: an inserted memory block starts as the identity
+        if isinstance(module, ZeroInitLinear):
+            init.zeros_(module.weight)  # HIVE's P = 0: an inserted memory block starts as the identity
         if isinstance(module, MidusModel) and module.shared_bank is not None:
             init_bank(module.shared_bank, hive=self.config.memory["values"] == "hive")
 

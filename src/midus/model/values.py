@@ -36,6 +36,13 @@ def gather_pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) 
     return (bank[slots] * weights.to(bank.dtype).unsqueeze(-1)).sum(-2)
 
 
+class ZeroInitLinear(nn.Linear):
+    """A bias-free projection that starts at zero, so the block it ends is the identity at insertion."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+
 class MemoryValues(nn.Module):
     """Base: holds the bank (unless shared) and reads it for retrieved slots [N, H, k]."""
 
@@ -61,7 +68,7 @@ class HiveValues(MemoryValues):
     def __init__(self, n_slots: int, heads: int, latent_dim: int, hidden_size: int, owns_bank: bool = True):
         super().__init__((n_slots, latent_dim), owns_bank)
         self.heads, self.latent_dim = heads, latent_dim
-        self.proj = nn.Linear(heads * latent_dim, hidden_size, bias=False)
+        self.proj = ZeroInitLinear(heads * latent_dim, hidden_size)
 
     def forward(self, slots, weights, shared_bank=None, head_mask=None):
         n_tokens = slots.shape[0]

@@ -1,0 +1,210 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import midus
+from midus import MidusConfig, MidusForCausalLM, Recipe
+from midus.checkpoint import save_model
+from midus.parameters import memory_parameter_names
+
+TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
+
+
+def grow(base_dir, placement="top-heavy", new_blocks=2, **memory):
+    recipe = Recipe.parse({"base": str(base_dir), "method": "midus", "new_blocks": new_blocks, "placement": placement,
+                           "dtype": "float32", "memory": {**TINY_MEMORY, **memory}})
+    return midus.upscale(str(base_dir), recipe)
+
+
+def tokens(n=12, batch=2, seed=0, vocab=500):
+    return torch.randint(5, vocab, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("placement", ["distributed", "top-heavy", "bottom-heavy", [0, 0, 5]])
+def test_identity_at_insertion(tiny_base_8, placement):
+    base = AutoModelForCausalLM.from_pretrained(tiny_base_8).eval()
+    new_blocks = len(placement) if isinstance(placement, list) else 4
+    grown = grow(tiny_base_8, placement, new_blocks).eval()
+    assert grown.config.num_hidden_layers == 8 + new_blocks
+    assert [layer.self_attn.layer_idx for layer in grown.model.layers] == list(range(8 + new_blocks))
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x).logits, base(x).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("values", ["hive", "per-head", "shared"])
+@pytest.mark.parametrize("share_bank", [False, True])
+def test_identity_for_every_value_variant(tiny_base, values, share_bank):
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    grown = grow(tiny_base, values=values, share_bank=share_bank).eval()
+    x = tokens(seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x).logits, base(x).logits, atol=1e-5, rtol=0)
+
+
+def test_memory_block_copies_own_storage(tiny_base):
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    grown = grow(tiny_base, placement=[1, 2], new_blocks=2)
+    memory_block, source = grown.model.layers[2], base.model.layers[1]
+    assert grown.config.layer_map[2] == {"kind": "memory", "source": 1, "new": True}
+    assert torch.equal(memory_block.self_attn.q_proj.weight, source.self_attn.q_proj.weight)
+    assert torch.equal(memory_block.input_layernorm.weight, source.input_layernorm.weight)
+    pointers = [p.data_ptr() for p in grown.parameters()]
+    assert len(pointers) == len(set(pointers)), "grown model shares storage between tensors"
+    assert memory_block.self_attn.q_proj.weight.data_ptr() != grown.model.layers[1].self_attn.q_proj.weight.data_ptr()
+
+
+def random_memory(model, seed=0):
+    """Give the zero-initialised projections values, so memory blocks change the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "memory.values.proj" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_cached_decoding_equals_full_forward(tiny_base, attn):
+    model = random_memory(grow(tiny_base)).eval()
+    model.config._attn_implementation = attn
+    prompt = tokens(n=6, batch=1, seed=2)
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20,
+                             output_logits=True, return_dict_in_generate=True)
+        full = model(out.sequences).logits  # no cache: one forward over prompt + continuation
+    for step, step_logits in enumerate(out.logits):
+        torch.testing.assert_close(step_logits[0], full[0, prompt.shape[1] - 1 + step], atol=1e-4, rtol=1e-4)
+
+
+def test_memory_changes_output_once_projection_is_nonzero(tiny_base):
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    grown = random_memory(grow(tiny_base)).eval()
+    x = tokens(seed=3)
+    with torch.no_grad():
+        assert (grown(x).logits - base(x).logits).abs().max() > 1e-3
+
+
+def test_save_load_in_fresh_process_without_midus(tiny_base, tmp_path):
+    model = random_memory(grow(tiny_base)).eval()
+    from transformers import AutoTokenizer
+
+    save_model(model, AutoTokenizer.from_pretrained(tiny_base), tmp_path / "grown")
+    config = json.loads((tmp_path / "grown" / "config.json").read_text())
+    assert config["model_type"] == "midus"
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    x = tokens(seed=4)
+    with torch.no_grad():
+        expected = model(x).logits
+    torch.save({"x": x, "logits": expected}, tmp_path / "expected.pt")
+
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from transformers import AutoModel, AutoModelForCausalLM
+        folder = {str(tmp_path / 'grown')!r}
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
+        data = torch.load({str(tmp_path / 'expected.pt')!r})
+        with torch.no_grad():
+            torch.testing.assert_close(model(data["x"]).logits, data["logits"], atol=1e-6, rtol=0)
+            out = model.generate(data["x"][:1, :4], max_new_tokens=5, do_sample=False)
+        assert out.shape == (1, 9), out.shape
+        assert not [m for m in sys.modules if m == "midus" or m.startswith("midus.")], "midus was imported"
+        print("ok", type(model).__module__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok transformers_modules" in result.stdout
+
+
+def test_two_optimizer_steps_move_every_memory_parameter(tiny_base):
+    model = grow(tiny_base, placement=[1, 3], new_blocks=2).train()
+    new_blocks = [i for i, entry in enumerate(model.config.layer_map) if entry["new"]]
+    tracked = {name: p.detach().clone() for name, p in model.named_parameters()
+               if any(name.startswith(f"model.layers.{i}.") for i in new_blocks)}
+    assert any("q_proj" in n for n in tracked) and any("retrieval.keys" in n for n in tracked)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    x = tokens(n=16, batch=4, seed=5)
+
+    def step():
+        optimizer.zero_grad()
+        model(x, labels=x).loss.backward()
+        optimizer.step()
+
+    step()
+    moved = {n for n, p in model.named_parameters() if n in tracked and not torch.equal(p, tracked[n])}
+    assert moved == {n for n in tracked if "values.proj" in n}, "step 1 must move only the zero-initialised P"
+    step()
+    unmoved = [n for n, p in model.named_parameters() if n in tracked and torch.equal(p, tracked[n])]
+    assert unmoved == [], f"not moved after two steps: {unmoved}"
+
+
+def test_bf16_forward_backward(tiny_base):
+    model = random_memory(grow(tiny_base)).to(torch.bfloat16).train()
+    x = tokens(seed=6)
+    loss = model(x, labels=x).loss
+    assert loss.dtype == torch.float32 or loss.dtype == torch.bfloat16
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if n in memory_parameter_names(model)]
+    assert grads and all(g is not None and torch.isfinite(g.float()).all() for g in grads)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("query_norm", ["none", "rms", "layer"])
+def test_query_norms_run_and_train(tiny_base, query_norm):
+    model = random_memory(grow(tiny_base, query_norm=query_norm))
+    x = tokens(seed=7)
+    model(x, labels=x).loss.backward()
+    keys = model.model.layers[2].memory.retrieval.keys
+    assert keys.grad is not None and keys.grad.abs().sum() > 0
+
+
+def real_config(name):
+    """Published shapes of Llama-3.2-1B and Llama-3.1-8B (written here: no download)."""
+    shapes = {
+        "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                   num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+        "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    }[name]
+    return LlamaConfig(max_position_embeddings=131072, rms_norm_eps=1e-5, **shapes)
+
+
+def block_formula(d, d_ff, heads, kv_heads):
+    d_h = d // heads
+    attention = d * heads * d_h + 2 * d * kv_heads * d_h + heads * d_h * d
+    return attention + 3 * d * d_ff + 2 * d
+
+
+def memory_block_formula(d, heads, kv_heads, n, r):
+    d_h = d // heads
+    qkv = d * heads * d_h + 2 * d * kv_heads * d_h
+    return qkv + d + heads * r * d + n * n * r + heads * 2 * n * (d_h // 2)
+
+
+@pytest.mark.parametrize("name, new_blocks", [("1b", 8), ("8b", 16)])
+def test_parameter_counts_on_meta_match_formulas(name, new_blocks):
+    base = real_config(name)
+    d, L = base.hidden_size, base.num_hidden_layers
+    layer_map = [{"kind": "decoder", "source": i, "new": False} for i in range(L)]
+    for j, src in enumerate(range(L - new_blocks - 1, L - 1)):
+        layer_map.insert(src + 1 + j, {"kind": "memory", "source": src, "new": True})
+    fields = {k: v for k, v in base.to_dict().items() if k not in ("model_type", "transformers_version")}
+    config = MidusConfig(**{**fields, "num_hidden_layers": L + new_blocks}, layer_map=layer_map)
+    with torch.device("meta"):
+        model = MidusForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+
+    block = block_formula(d, base.intermediate_size, 32, 8)
+    memory_block = memory_block_formula(d, 32, 8, n=64, r=64)
+    embeddings = base.vocab_size * d * (1 if base.tie_word_embeddings else 2)
+    assert total == embeddings + d + L * block + new_blocks * memory_block
+    if name == "1b":  # SPEC arithmetic
+        assert round(block / 1e6, 1) == 60.8
+        assert round(memory_block / 1e6, 1) == 10.9
+        assert 5.5 < block / memory_block < 5.7
