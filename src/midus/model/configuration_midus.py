@@ -4,6 +4,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 LAYER_KINDS = ("decoder", "memory", "pkm")
+# base families whose blocks a MIDUS model is made of (their decoder layer and attention variant)
+BASE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 MEMORY_DEFAULTS = {
     "n_keys": 64,  # n: sub-keys per half, n*n slots per head
@@ -25,14 +27,28 @@ class MidusConfig(LlamaConfig):
         from, or null) and `new` (whether growth added it). Defaults to plain decoder blocks.
     memory (`dict`, *optional*):
         Settings of the memory layers; missing keys take `MEMORY_DEFAULTS`.
+    base_model_type (`str`, *optional*, defaults to `"llama"`):
+        Family of the base (llama | mistral | qwen2 | qwen3): decoder and pkm blocks are that family's
+        blocks, and memory blocks take its attention variant (q/k/v biases for qwen2, q/k norms for qwen3).
+    layer_types (`list[str]`, *optional*):
+        `full_attention` or `sliding_attention` per layer; defaults to sliding everywhere if
+        `sliding_window` is set (mistral), else full.
+    sliding_window (`int`, *optional*):
+        Window of the `sliding_attention` layers.
     """
 
     model_type = "midus"
 
     layer_map: list | None = None
     memory: dict | None = None
+    base_model_type: str = "llama"
+    layer_types: list | None = None
+    sliding_window: int | None = None
 
     def __post_init__(self, **kwargs):
+        if self.layer_types is None:
+            kind = "sliding_attention" if self.sliding_window is not None else "full_attention"
+            self.layer_types = [kind] * self.num_hidden_layers
         if self.layer_map is None:
             self.layer_map = [{"kind": "decoder", "source": i, "new": False} for i in range(self.num_hidden_layers)]
         self.memory = {**MEMORY_DEFAULTS, **(self.memory or {})}
@@ -45,10 +61,12 @@ class MidusConfig(LlamaConfig):
         kinds = {entry["kind"] for entry in self.layer_map}
         if not kinds <= set(LAYER_KINDS):
             raise ValueError(f"unknown layer kind in {sorted(kinds)}; valid: {', '.join(LAYER_KINDS)}")
+        if self.base_model_type not in BASE_MODEL_TYPES:
+            raise ValueError(f"base_model_type {self.base_model_type!r}; valid: {', '.join(BASE_MODEL_TYPES)}")
 
     @property
     def layer_kinds(self) -> list[str]:
         return [entry["kind"] for entry in self.layer_map]
 
 
-__all__ = ["MidusConfig", "MEMORY_DEFAULTS", "LAYER_KINDS"]
+__all__ = ["MidusConfig", "MEMORY_DEFAULTS", "LAYER_KINDS", "BASE_MODEL_TYPES"]

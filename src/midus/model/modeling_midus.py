@@ -16,7 +16,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
@@ -28,24 +28,41 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
+from transformers.models.mistral.modeling_mistral import MistralAttention, MistralDecoderLayer
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2DecoderLayer
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer
 from transformers.utils import can_return_tuple
 
 from .configuration_midus import MidusConfig
 from .hml import HeadwiseMemoryLayer, ProductKeyMemory, ProductKeys
 from .values import HiveValues, MemoryValues, ZeroInitLinear
 
+# the blocks of each base family (config.base_model_type): decoder layer and attention
+DECODER_LAYERS = {"llama": LlamaDecoderLayer, "mistral": MistralDecoderLayer, "qwen2": Qwen2DecoderLayer,
+                  "qwen3": Qwen3DecoderLayer}
+ATTENTIONS = {"llama": LlamaAttention, "mistral": MistralAttention, "qwen2": Qwen2Attention, "qwen3": Qwen3Attention}
+
 
 class MidusHeadsAttention(LlamaAttention):
-    """Llama attention without o_proj: returns the per-head outputs [B, T, H, d_h]."""
+    """The base family's attention without o_proj: returns the per-head outputs [B, T, H, d_h].
+    q/k/v (with biases for qwen2) and the per-head q/k norms before RoPE (qwen3) are the family's."""
 
     def __init__(self, config: MidusConfig, layer_idx: int):
         super().__init__(config, layer_idx)
         del self.o_proj
+        family = ATTENTIONS[config.base_model_type](config, layer_idx)
+        self.q_proj, self.k_proj, self.v_proj = family.q_proj, family.k_proj, family.v_proj
+        self.q_norm, self.k_norm = getattr(family, "q_norm", None), getattr(family, "k_norm", None)
+        sliding = config.layer_types[layer_idx] == "sliding_attention"
+        self.sliding_window = config.sliding_window if sliding else None
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(hidden_shape)
+        key = self.k_proj(hidden_states).view(hidden_shape)
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if past_key_values is not None:
@@ -56,7 +73,8 @@ class MidusHeadsAttention(LlamaAttention):
         )
         heads_output, _ = attention(
             self, query, key, value, attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling, **kwargs,
+            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling,
+            sliding_window=self.sliding_window, **kwargs,
         )
         return heads_output  # [B, T, H, d_h]
 
@@ -80,14 +98,21 @@ class MidusMemoryBlock(GradientCheckpointingLayer):
 
 
 class MidusPKMBlock(LlamaDecoderLayer):
-    """The memory-layer baseline: a full decoder block whose FFN is a classic product-key memory."""
+    """The memory-layer baseline: a full decoder block (the base family's attention) whose FFN is a
+    classic product-key memory."""
 
     def __init__(self, config: MidusConfig, layer_idx: int):
         super().__init__(config, layer_idx)
+        self.self_attn = ATTENTIONS[config.base_model_type](config, layer_idx)
         self.mlp = ProductKeyMemory(config)
 
 
 BLOCKS = {"decoder": LlamaDecoderLayer, "memory": MidusMemoryBlock, "pkm": MidusPKMBlock}
+
+
+def block_class(config: MidusConfig, kind: str) -> type[nn.Module]:
+    """Decoder blocks are the base family's own; memory and pkm blocks are ours."""
+    return DECODER_LAYERS[config.base_model_type] if kind == "decoder" else BLOCKS[kind]
 
 
 class MidusPreTrainedModel(PreTrainedModel):
@@ -95,7 +120,7 @@ class MidusPreTrainedModel(PreTrainedModel):
     config_class = MidusConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer", "MidusMemoryBlock", "MidusPKMBlock"]
+    _no_split_modules = [*(layer.__name__ for layer in DECODER_LAYERS.values()), "MidusMemoryBlock", "MidusPKMBlock"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -132,7 +157,7 @@ class MidusModel(MidusPreTrainedModel):
         self.vocab_size = config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(
-            [BLOCKS[kind](config, layer_idx) for layer_idx, kind in enumerate(config.layer_kinds)]
+            [block_class(config, kind)(config, layer_idx) for layer_idx, kind in enumerate(config.layer_kinds)]
         )
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
@@ -168,20 +193,23 @@ class MidusModel(MidusPreTrainedModel):
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
-        causal_mask = create_causal_mask(
+        mask_kwargs = dict(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
             position_ids=position_ids,
         )
+        masks = {"full_attention": create_causal_mask(**mask_kwargs)}  # one mask per layer type
+        if "sliding_attention" in self.config.layer_types:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
-        for layer in self.layers[: self.config.num_hidden_layers]:
+        for layer, layer_type in zip(self.layers[: self.config.num_hidden_layers], self.config.layer_types):
             extra = {"shared_bank": self.shared_bank} if isinstance(layer, MidusMemoryBlock) else {}
             hidden_states = layer(
                 hidden_states,
-                attention_mask=causal_mask,
+                attention_mask=masks[layer_type],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
                 past_key_values=past_key_values,
