@@ -64,3 +64,30 @@ def make_base(
                      intermediate_size=2 * hidden_size, seed=seed)
     typer.echo(f"wrote {out_dir}")
 
+
+
+@app.command()
+@one_line_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="training config YAML (see recipes/train/)")],
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an output folder that holds a different run"),
+    model: str = typer.Option(None, help="override `model`"),
+    output_dir: str = typer.Option(None, help="override `output_dir`"),
+    max_steps: int = typer.Option(None, help="override the budget with a number of steps"),
+    max_tokens: int = typer.Option(None, help="override the budget with a number of tokens"),
+    lr: float = typer.Option(None, help="override `lr`"),
+    seed: int = typer.Option(None, help="override `seed`"),
+    set_: Annotated[list[str], typer.Option("--set", help="override any field: KEY=VALUE (YAML value), e.g. data.streaming=true")] = [],
+):
+    """Continued pre-training by a config; run it again on the same output folder to resume.
+    Multi-GPU: torchrun --nproc_per_node N --no-python midus train CONFIG."""
+    from .train import TrainConfig, train as run_training
+    from .train.config import parse_override
+
+    overrides = dict(parse_override(text) for text in set_)
+    named = {"model": model, "output_dir": output_dir, "lr": lr, "seed": seed, "max_steps": max_steps, "max_tokens": max_tokens}
+    overrides.update({key: value for key, value in named.items() if value is not None})
+    if max_steps is not None or max_tokens is not None:  # one budget replaces the other
+        overrides.setdefault("max_tokens" if max_steps is not None else "max_steps", None)
+    final = run_training(TrainConfig.from_yaml(config, overrides), overwrite=overwrite)
+    typer.echo(f"wrote {final}")

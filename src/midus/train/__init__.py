@@ -1,0 +1,6 @@
+"""Continued pre-training (CPT): `midus.train.train(TrainConfig.from_yaml(path)) -> final model folder`."""
+
+from .config import DataConfig, TrainConfig, TrainConfigError
+from .run import train
+
+__all__ = ["DataConfig", "TrainConfig", "TrainConfigError", "train"]

@@ -1,0 +1,195 @@
+"""The training config: validated YAML, every field documented; CLI flags override single fields."""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import UsageError
+from ..recipe import describe_validation_error
+
+# Fields that do not change what a run computes: a run folder may be resumed with other values.
+RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers")
+
+
+class TrainConfigError(UsageError):
+    """A training config that cannot be used; the message is one line naming the problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    """Where the text comes from and how it becomes training sequences."""
+
+    files: list[str] | None = Field(None, description="local .txt / .jsonl / .json / .parquet files (globs allowed), all of one type")
+    dataset: str | None = Field(None, description="instead of files: a hub dataset id (or any `datasets.load_dataset` path)")
+    name: str | None = Field(None, description="hub dataset config name (e.g. sample-10BT)")
+    split: str = Field("train", description="hub dataset split to train on")
+    streaming: bool = Field(False, description="read the data as a stream (hub-scale data; no full download, no shuffling)")
+    format: Literal["text", "instruction"] = Field("text", description="text: plain documents; instruction: prompt/response pairs, loss on the response only")
+    text_field: str = Field("text", description="format text: the field holding each document")
+    txt_unit: Literal["paragraph", "line", "document"] = Field(
+        "paragraph", description=".txt files: what one document is (blank-line separated paragraph, line, or whole file)")
+    prompt_field: str | list[str] = Field(
+        "prompt", description="format instruction: the prompt field, or several joined by blank lines (e.g. [instruction, input])")
+    response_field: str = Field("response", description="format instruction: the response field (e.g. output)")
+    template: str = Field("{prompt}\n\n", description="format instruction: the text before the response; {prompt} is the prompt")
+    chat_template: bool = Field(False, description="format instruction: lay out prompt and response with the tokenizer's chat template instead of `template`")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of the documents held out for evaluation (ignored with eval_split / eval_files; streaming holds out the first eval_sequences sequences instead)")
+    eval_split: str | None = Field(None, description="hub dataset split held out for evaluation (e.g. validation)")
+    eval_files: list[str] | None = Field(None, description="local files held out for evaluation")
+    eval_sequences: int = Field(64, ge=0, description="at most this many held-out sequences are evaluated; 0 turns evaluation off")
+    cache_dir: str | None = Field(None, description="cache of loaded and tokenized data (default: the `datasets` cache)")
+    num_proc: int | None = Field(None, ge=1, description="processes for tokenizing (map-style data only)")
+
+    @model_validator(mode="after")
+    def _source(self):
+        if (self.files is None) == (self.dataset is None):
+            raise ValueError("give exactly one of data.files (local files) or data.dataset (a hub dataset)")
+        if self.files is not None and not self.files:
+            raise ValueError("data.files is empty")
+        if self.eval_split is not None and self.dataset is None:
+            raise ValueError("data.eval_split applies to a hub dataset (data.dataset) only; use data.eval_files with local files")
+        if self.eval_split is not None and self.eval_files is not None:
+            raise ValueError("give at most one of data.eval_split and data.eval_files")
+        if self.num_proc is not None and self.streaming:
+            raise ValueError("data.num_proc does not apply to streaming data")
+        if "{prompt}" not in self.template:
+            raise ValueError("data.template must contain {prompt}")
+        return self
+
+    @property
+    def prompt_fields(self) -> list[str]:
+        return [self.prompt_field] if isinstance(self.prompt_field, str) else list(self.prompt_field)
+
+
+class TrainConfig(Strict):
+    """Continued pre-training of a model folder: data, budget, optimiser, precision, checkpoints."""
+
+    model: str = Field(description="model folder (MIDUS, or a plain/grown Llama) or hub id to train")
+    tokenizer: str | None = Field(None, description="tokenizer folder or hub id (default: the model's own)")
+    output_dir: str = Field(description="run folder: checkpoints, metrics.jsonl, loss.png, and the final model in model/")
+    data: DataConfig
+
+    seq_len: int = Field(1024, ge=2, description="tokens per training sequence (documents are packed, EOS between them)")
+    max_tokens: int | None = Field(None, ge=1, description="budget in training tokens (rounded up to whole steps); or max_steps")
+    max_steps: int | None = Field(None, ge=1, description="budget in optimizer steps; or max_tokens")
+    batch_size: int = Field(64, ge=1, description="sequences per optimizer step, over all processes (the global batch)")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward on each process; "
+                                  "gradient accumulation = batch_size / (micro_batch_size * processes)")
+
+    lr: float = Field(3e-4, gt=0, description="maximum learning rate of the scheduled (non-memory) parameters")
+    memory_lr: float | None = Field(None, gt=0, description="learning rate of memory sub-keys and banks, constant, no schedule (default: lr)")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine decays to lr * min_lr_ratio")
+    warmup: float = Field(0.01, ge=0, description="linear warmup: a fraction of the steps if < 1, else a number of steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay of scheduled matrices (never of norms, biases or memory)")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0: no clipping)")
+    trainable: Literal["all", "new-blocks", "memory"] = Field(
+        "all", description="all parameters; only the blocks growth added (LLaMA Pro); or only the memory layers")
+
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast with fp32 master weights")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
+    seed: int = Field(0, description="seed of the data order, the held-out split and every random number")
+    deterministic: bool = Field(False, description="deterministic algorithms only (bitwise-reproducible runs; slower on GPU)")
+
+    log_interval: int = Field(10, ge=1, description="steps between metrics records (loss, lr per group, tokens/s)")
+    eval_interval: int = Field(500, ge=0, description="steps between held-out evaluations (0: only at the end)")
+    save_interval: int = Field(500, ge=0, description="steps between checkpoints (0: none; then a killed run starts over); "
+                               "a multiple of log_interval, so that a resumed run logs exactly what an unbroken one does")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field([], description="also report metrics to TensorBoard and/or W&B")
+    fsdp: str = Field("", description="FSDP sharding for models that do not fit one device, as Trainer's `fsdp` (e.g. 'full_shard auto_wrap'); empty: DDP")
+    fsdp_config: dict[str, Any] = Field({}, description="FSDP options, as Trainer's `fsdp_config` (e.g. {version: 2})")
+    dataloader_workers: int = Field(0, ge=0, description="data-loading worker processes")
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if (self.max_tokens is None) == (self.max_steps is None):
+            raise ValueError("give exactly one budget: max_tokens or max_steps")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}")
+        if self.save_interval and self.save_interval % self.log_interval:
+            raise ValueError(f"save_interval={self.save_interval} must be a multiple of log_interval={self.log_interval}")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps if self.max_steps is not None else math.ceil(self.max_tokens / self.tokens_per_step)
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup * self.total_steps) if self.warmup < 1 else int(self.warmup)
+
+    def gradient_accumulation(self, processes: int) -> int:
+        per_step = self.micro_batch_size * processes
+        if self.batch_size % per_step:
+            raise TrainConfigError(
+                f"batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size} "
+                f"x {processes} processes; change one of them")
+        return self.batch_size // per_step
+
+    def identity(self) -> dict:
+        """What defines the run: everything but the runtime fields."""
+        return self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise TrainConfigError(f"config {path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise TrainConfigError(f"config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise TrainConfigError(f"config {path}: expected a mapping of fields, got {type(data).__name__}")
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: dict, source: str = "config") -> "TrainConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise TrainConfigError(f"{source}: {describe_validation_error(error)}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """data['a']['b'] = value for key 'a.b' (creating the sections on the way)."""
+    *sections, last = key.split(".")
+    for section in sections:
+        node = data.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"override {key}: {section} is not a section")
+        data = node
+    data[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'data.streaming=true' -> ('data.streaming', True): the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise TrainConfigError(f"override {text!r}: expected KEY=VALUE, e.g. max_steps=100 or data.streaming=true")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise TrainConfigError(f"override {text!r}: the value is not valid YAML") from None

@@ -1,0 +1,163 @@
+"""`midus train`: continued pre-training of a model folder by a TrainConfig, resumable, on 1 CPU, 1 GPU,
+DDP (`torchrun --nproc_per_node N`) or FSDP, through the Hugging Face Trainer."""
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+
+from ..checkpoint import DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, resolve, save_model
+from ..data.datasets import build_datasets, collate
+from ..errors import MidusError, UsageError
+from ..recipe import RECIPE_FILE
+from .config import TrainConfig
+from .metrics import plot_loss
+from .optim import select_trainable
+from .rundir import RunFolder
+from .trainer import MidusTrainer, RunCallback
+
+TRAINABLE_FAMILIES = (*SUPPORTED_MODEL_TYPES, "midus")
+
+
+def train(config: TrainConfig, overwrite: bool = False) -> Path:
+    """Train `config.model` by `config`; returns the final model folder (`output_dir/model`).
+
+    An output folder holding this run resumes from its last complete checkpoint (or returns at once
+    if the run is finished); one holding another run is refused unless `overwrite`."""
+    run = RunFolder(config.output_dir)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    args = training_arguments(config, run, processes)  # sets up the process group under torchrun
+    with args.main_process_first(desc="run folder"):
+        run.prepare(config, overwrite, writer=args.should_save)
+    if run.model.is_dir():
+        return run.model  # finished before
+
+    model_config = load_config(config.model)
+    check_model(config, model_config)
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    with args.main_process_first(desc="tokenize"):
+        train_data, eval_data = build_datasets(config.data, tokenizer, config.seq_len, config.seed)
+    model = load_model(config.model)
+    if config.gradient_checkpointing:
+        model.config.use_cache = False
+    select_trainable(model, config.trainable)
+
+    resume = run.last_checkpoint()
+    if args.should_save:
+        run.truncate_metrics(int(resume.name.split("-")[1]) if resume else 0)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer = MidusTrainer(
+            model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate,
+            processing_class=tokenizer, train_config=config, run=run,
+            callbacks=[RunCallback(run, config.tokens_per_step)],
+        )
+        trainer.remove_callback(ProgressCallback)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if eval_data is not None and not evaluated_at(trainer.state, trainer.state.global_step):
+            trainer.evaluate()
+        write_final_model(trainer, tokenizer, config.model, run.model, saved_dtype(model_config))
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if args.should_save:
+            plot_loss(run.records(), run.plot)
+    return run.model
+
+
+def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> TrainingArguments:
+    for name in config.report_to:
+        if importlib.util.find_spec(name) is None:
+            raise UsageError(f"report_to: {name} is not installed (pip install {name})")
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.root / "tensorboard"))  # not in the staging folder
+    evaluate = config.data.eval_sequences > 0
+    return TrainingArguments(
+        output_dir=str(run.staging),  # checkpoints are written here, then renamed into the run folder
+        max_steps=config.total_steps,
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation(processes),
+        learning_rate=config.lr, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        bf16=config.precision == "bf16",
+        activation_checkpointing=config.gradient_checkpointing,
+        seed=config.seed, full_determinism=config.deterministic,
+        logging_steps=config.log_interval, logging_nan_inf_filter=False,
+        eval_strategy="steps" if evaluate and config.eval_interval else "no",
+        eval_steps=config.eval_interval or None,
+        save_strategy="steps" if config.save_interval else "no",
+        save_steps=config.save_interval or 1, save_total_limit=None,
+        report_to=list(config.report_to) or "none",
+        disable_tqdm=False,  # our own bar replaces the Trainer's (ProgressCallback is removed)
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=config.dataloader_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        fsdp=config.fsdp or None,
+        fsdp_config=dict(config.fsdp_config) or None,
+    )
+
+
+def check_model(config: TrainConfig, model_config) -> None:
+    if model_config.model_type not in TRAINABLE_FAMILIES:
+        raise MidusError(f"model {config.model}: model_type {model_config.model_type!r} cannot be trained here; "
+                         f"supported: {', '.join(TRAINABLE_FAMILIES)}")
+    positions = model_config.max_position_embeddings
+    if config.seq_len > positions:
+        raise UsageError(f"seq_len={config.seq_len} exceeds the {positions} positions of model {config.model}; "
+                         f"use seq_len <= {positions}")
+
+
+def load_tokenizer(name: str):
+    try:
+        return AutoTokenizer.from_pretrained(resolve(name))
+    except (OSError, ValueError, TypeError) as error:
+        raise MidusError(f"no usable tokenizer in {name} ({first_line(error)}); set `tokenizer:` in the config") from None
+
+
+def load_model(name: str):
+    """The model in fp32 master weights (a MIDUS folder loads through the registered MIDUS classes)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise MidusError(f"model {name}: cannot load its weights ({first_line(error)})") from None
+
+
+def saved_dtype(model_config) -> torch.dtype:
+    """The dtype the input model was stored in: the final model is written in it too."""
+    dtype = getattr(model_config, "dtype", None) or torch.float32
+    return DTYPES.get(dtype, torch.float32) if isinstance(dtype, str) else dtype
+
+
+def evaluated_at(state, step: int) -> bool:
+    return any(record.get("step") == step and "eval_loss" in record for record in state.log_history)
+
+
+def write_final_model(trainer: MidusTrainer, tokenizer, source: str, out: Path, dtype: torch.dtype) -> None:
+    """The trained model in the input's format (MIDUS with its remote code, or plain Llama), the
+    tokenizer, and the input's recipe; written to a temporary sibling and renamed at the end."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    if not trainer.args.should_save:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with atomic_dir(out) as folder:
+        if state_dict is None:
+            save_model(model.to(dtype), tokenizer, folder)
+        else:  # FSDP: the full weights were gathered on this process; the sharded module cannot be cast
+            save_model_state(model, {k: v.to(dtype) for k, v in state_dict.items()}, tokenizer, folder)
+        recipe = Path(source) / RECIPE_FILE
+        if recipe.is_file():
+            shutil.copy(recipe, folder / RECIPE_FILE)
+
+
+def save_model_state(model, state_dict: dict, tokenizer, folder: Path) -> None:
+    """`checkpoint.save_model` for a model whose weights are given as a full state dict."""
+    original = model.state_dict
+
+    model.state_dict = lambda *args, **kwargs: state_dict
+    try:
+        save_model(model, tokenizer, folder)
+    finally:
+        model.state_dict = original

@@ -1,0 +1,138 @@
+"""The run folder: one run per folder, checkpoints published atomically, exact resume.
+
+    OUT/train_config.yaml    the run's config (a folder holding another run is refused)
+    OUT/checkpoint-<step>/   complete checkpoints only: each is written under OUT/.staging/ and renamed
+    OUT/metrics.jsonl        one JSON record per log step / evaluation
+    OUT/loss.png             the loss curve
+    OUT/model/               the final model, written when the budget is spent
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ..errors import UsageError
+from .config import TrainConfig, TrainConfigError
+
+CONFIG_FILE = "train_config.yaml"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+MODEL_DIR = "model"
+STAGING_DIR = ".staging"
+TRASH_PREFIX = ".trash-"
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last
+
+
+class RunFolder:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.staging = self.root / STAGING_DIR
+        self.metrics = self.root / METRICS_FILE
+        self.plot = self.root / PLOT_FILE
+        self.model = self.root / MODEL_DIR
+        self.config_file = self.root / CONFIG_FILE
+
+    # --- one run per folder -------------------------------------------------------------------------
+
+    def prepare(self, config: TrainConfig, overwrite: bool, writer: bool) -> None:
+        """Make the folder ready for `config`: new, or the same run to resume. Another run in it is
+        refused unless `overwrite` (then it is deleted). Only the `writer` process changes files."""
+        check_not_inside(self.root, config)
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"output_dir {self.root} is a file, not a folder")
+        if self.root.is_dir() and any(self.root.iterdir()):
+            problem = self.different_run(config)
+            if problem and not overwrite:
+                raise UsageError(f"output_dir {self.root} {problem}; pass --overwrite to replace it, or choose another output_dir")
+            if problem and writer:
+                shutil.rmtree(self.root)
+        if not writer:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in [self.staging, *self.root.glob(f"{TRASH_PREFIX}*"), *self.root.glob(f".{MODEL_DIR}.tmp-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)  # debris of a run killed while saving
+        self.config_file.write_text(f"# midus train run {config.fingerprint()}\n" + config.to_yaml())
+
+    def different_run(self, config: TrainConfig) -> str | None:
+        """Why the folder cannot host `config`'s run, or None if it holds that very run."""
+        if not self.config_file.is_file():
+            return "exists and holds no midus train run"
+        try:
+            stored = TrainConfig.parse(yaml.safe_load(self.config_file.read_text()), source=str(self.config_file))
+        except (TrainConfigError, yaml.YAMLError):
+            return "holds a run whose config is unreadable"
+        old, new = stored.identity(), config.identity()
+        if old != new:
+            fields = [key for key in new if old.get(key) != new.get(key)]
+            return f"holds a different run (differs in: {', '.join(fields)})"
+        return None
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        found = [(int(m.group(1)), path) for path in self.root.glob("checkpoint-*")
+                 if (m := CHECKPOINT.match(path.name)) and (path / COMPLETE_MARKER).is_file()]
+        return [path for _, path in sorted(found)]
+
+    def last_checkpoint(self) -> Path | None:
+        return (self.checkpoints() or [None])[-1]
+
+    def publish(self, staged: Path, keep: int) -> Path:
+        """Move a fully written checkpoint from the staging folder into place (one atomic rename),
+        then delete all but the `keep` newest."""
+        target = self.root / staged.name
+        if target.exists():
+            self.discard(target)
+        os.replace(staged, target)
+        for old in self.checkpoints()[:-keep]:
+            self.discard(old)
+        return target
+
+    def discard(self, path: Path) -> None:
+        """Delete a folder without ever leaving it half-deleted under its own name."""
+        trash = path.with_name(TRASH_PREFIX + path.name)
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # --- metrics -------------------------------------------------------------------------------------
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep the records up to `step` (the checkpoint resumed from); the resumed run writes the rest."""
+        if not self.metrics.is_file():
+            return
+        kept = [line for line in self.metrics.read_text().splitlines() if record_step(line) <= step]
+        tmp = self.metrics.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics)
+
+    def records(self) -> list[dict]:
+        lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []
+        return [json.loads(line) for line in lines if record_step(line) < TORN]
+
+
+TORN = 2**62
+
+
+def record_step(line: str) -> int:
+    """The step of a metrics line, or TORN for a torn / unreadable line (so it is dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return TORN
+
+
+def check_not_inside(root: Path, config: TrainConfig) -> None:
+    """The run folder may be replaced with --overwrite: it must not hold the model or the data."""
+    root = root.expanduser().resolve()
+    inputs = [config.model, config.tokenizer, *(config.data.files or []), *(config.data.eval_files or [])]
+    for item in filter(None, inputs):
+        path = Path(item).expanduser()
+        if path.exists() and (path.resolve() == root or root in path.resolve().parents):
+            raise UsageError(f"output_dir {root} contains the input {item}; choose an output_dir of its own")
