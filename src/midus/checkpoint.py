@@ -12,9 +12,10 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .errors import MidusError, UsageError
+from .model.configuration_midus import BASE_MODEL_TYPES
 
 # decoder families whose blocks are Llama blocks (norm, q/k/v/o attention, gated FFN)
-SUPPORTED_MODEL_TYPES = ("llama",)
+SUPPORTED_MODEL_TYPES = BASE_MODEL_TYPES
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MIDUS_AUTO_MAP = {
     "AutoConfig": "configuration_midus.MidusConfig",
@@ -59,7 +60,7 @@ def check_family(config, name: str) -> None:
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise MidusError(
             f"base {name}: model_type {config.model_type!r} is not a supported decoder; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"supported Llama-family decoders: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
 
 
@@ -72,11 +73,14 @@ def load_base(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, objec
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise MidusError(f"base {name}: cannot load its weights ({first_line(error)})") from None
+    return model, load_tokenizer(name)
+
+
+def load_tokenizer(name: str):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(resolve(name))
     except (OSError, ValueError) as error:
         raise MidusError(f"base {name}: cannot load its tokenizer ({first_line(error)})") from None
-    return model, tokenizer
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
