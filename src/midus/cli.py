@@ -91,3 +91,79 @@ def train(
         overrides.setdefault("max_tokens" if max_steps is not None else "max_steps", None)
     final = run_training(TrainConfig.from_yaml(config, overrides), overwrite=overwrite)
     typer.echo(f"wrote {final}")
+
+
+@app.command("eval")
+@one_line_errors
+def eval_(
+    models: Annotated[list[str], typer.Argument(help="model folders, hub ids or recipes (grown on the fly)")],
+    tasks: Annotated[list[str], typer.Option("--tasks", "-t", help="lm-eval task/group names or presets (paper, paper-math); repeat or comma-separate")] = [],
+    include_path: Annotated[list[Path], typer.Option("--include-path", help="folder of extra lm-eval task YAMLs (e.g. an offline held-out task)")] = [],
+    ppl_data: str = typer.Option(None, "--ppl-data", help="perplexity text: a .txt/.jsonl/.json/.parquet file or a hub dataset id"),
+    ppl_config: str = typer.Option(None, "--ppl-config", help="hub dataset config of --ppl-data (e.g. wikitext-2-raw-v1)"),
+    ppl_split: str = typer.Option("test", "--ppl-split", help="hub dataset split of --ppl-data"),
+    text_field: str = typer.Option("text", "--text-field", help="field holding the text (.jsonl/.parquet/hub)"),
+    ppl_kind: Annotated[list[str], typer.Option("--ppl-kind", help="rolling and/or document (default: both)")] = [],
+    max_documents: int = typer.Option(None, "--max-documents", min=1, help="perplexity on the first N documents only"),
+    max_length: int = typer.Option(None, "--max-length", help="perplexity window / truncation in tokens (default: min(2048, the model's positions))"),
+    stride: int = typer.Option(512, "--stride", min=1, help="rolling perplexity: tokens the window advances by"),
+    limit: float = typer.Option(None, "--limit", help="lm-eval: documents per task (a number < 1: a fraction)"),
+    num_fewshot: int = typer.Option(None, "--num-fewshot", help="lm-eval: few-shot examples (default: each task's own, 0 for most)"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    headline: str = typer.Option("auto", "--headline", help="headline metric: auto (acc_norm where reported, else acc) | acc | acc_norm"),
+    json_: bool = typer.Option(False, "--json", help="print the JSON report instead of the Markdown table"),
+    out: Path = typer.Option(None, "--out", help="also write eval.md and eval.json to this folder"),
+):
+    """Perplexity (rolling and per-document) and lm-evaluation-harness tasks, models side by side."""
+    from .evaluate import EvalSettings, TextSource, evaluate_models, write_report
+
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    source = None
+    if ppl_data is not None:
+        source = TextSource(path=ppl_data, name=ppl_config, split=ppl_split, text_field=text_field,
+                            max_documents=max_documents)
+    settings = EvalSettings(
+        tasks=tasks, include_paths=[str(p) for p in include_path], limit=limit, num_fewshot=num_fewshot,
+        batch_size=batch_size, headline=headline, device=device, dtype=dtype, ppl_data=source,
+        ppl_kinds=ppl_kind or ["rolling", "document"], ppl_max_length=max_length, ppl_stride=stride,
+    )
+    report = evaluate_models(models, settings)
+    if out is not None:
+        for path in write_report(report, out, "eval"):
+            typer.echo(f"wrote {path}", err=True)
+    typer.echo(report.to_json() if json_ else report.to_markdown())
+
+
+@app.command()
+@one_line_errors
+def bench(
+    models: Annotated[list[str], typer.Argument(help="model folders, recipes (grown on the fly) or hub ids; random weights where there are none")],
+    reference: str = typer.Option(None, "--reference", help="the model ratios divide by (one of MODELS; default: the first)"),
+    json_: bool = typer.Option(False, "--json", help="print the JSON report instead of the Markdown table"),
+    out: Path = typer.Option(None, "--out", help="also write bench.md, bench.json and bench.png to this folder"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+    seq_len: int = typer.Option(256, "--seq-len", min=2, help="training step: tokens per sequence"),
+    prefill_len: int = typer.Option(256, "--prefill-len", min=1, help="prompt tokens of the prefill"),
+    decode_tokens: int = typer.Option(32, "--decode-tokens", min=1, help="tokens decoded one by one with the KV cache"),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="untimed runs first"),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="timed runs (median and spread)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    seed: int = typer.Option(0, "--seed"),
+    in_process: bool = typer.Option(False, "--in-process", help="measure every model in this process (faster; no CPU memory figures)"),
+):
+    """Parameters, peak memory, training step time, prefill and decode latency, models side by side."""
+    from .bench import BenchSettings, bench as run_bench, write_bench
+
+    settings = BenchSettings(device=device, dtype=dtype, batch_size=batch_size, train_seq_len=seq_len,
+                             prefill_len=prefill_len, decode_tokens=decode_tokens, warmup=warmup, repeats=repeats,
+                             threads=threads, seed=seed)
+    report = run_bench(models, settings, reference=reference, isolate=not in_process)
+    if out is not None:
+        for path in write_bench(report, out):
+            typer.echo(f"wrote {path}", err=True)
+    typer.echo(report.to_json() if json_ else report.to_markdown())

@@ -1,0 +1,95 @@
+"""`midus bench MODEL...`: parameters, peak memory, training step time, prefill and decode latency of
+folders, recipes or hub ids, side by side, with ratios to a reference measured in the same run."""
+
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import resolve
+from ..errors import MidusError, UsageError
+from ..load import is_recipe
+from ..recipe import Recipe
+from .measure import BenchSettings, Measurement, MemoryProbe, measure
+from .report import RATIO_METRICS, SCHEMA, BenchReport, ModelBench, build_report
+
+
+def check_model_name(name: str) -> None:
+    """Fail before any measurement: a missing folder or recipe file, an invalid recipe."""
+    if is_recipe(name):
+        recipe = Recipe.from_yaml(name)
+        resolve(recipe.base)
+    else:
+        resolve(name)
+
+
+def run_isolated(name: str, settings: BenchSettings) -> Measurement:
+    """`measure` in a fresh Python process (its own allocator and peak-RSS counter)."""
+    with tempfile.TemporaryDirectory(prefix="midus-bench-") as tmp:
+        result = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", "midus.bench.worker", str(result), name, settings.model_dump_json()]
+        process = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if process.returncode != 0 or not result.exists():
+            tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
+            raise MidusError(f"{name}: the measuring process failed ({tail})")
+        payload = json.loads(result.read_text())
+    if "error" in payload:
+        error = UsageError(payload["error"]) if payload["exit_code"] == UsageError.exit_code else MidusError(payload["error"])
+        raise error
+    return Measurement.model_validate(payload["measurement"])
+
+
+def environment(settings: BenchSettings, isolate: bool) -> dict:
+    device = torch.device(settings.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else \
+        f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    memory = MemoryProbe.method(settings.device)
+    if not isolate and device.type == "cpu":
+        memory = "not measured (on the CPU it needs one fresh process per model)"
+    return {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "python": platform.python_version(), "device_name": name,
+            "threads": settings.threads or torch.get_num_threads(),
+            "memory_method": memory, "timer": "CUDA events" if device.type == "cuda" else "time.perf_counter"}
+
+
+def bench(names: list[str], settings: BenchSettings | None = None, *, reference: str | None = None,
+          isolate: bool = True) -> BenchReport:
+    """Measure every model (each in its own process when `isolate`) and build the side-by-side report;
+    `reference` (default: the first model) must be one of `names`."""
+    settings = settings or BenchSettings()
+    if not names:
+        raise UsageError("no models given")
+    if len(set(names)) != len(names):
+        raise UsageError("a model is listed twice")
+    reference = reference or names[0]
+    if reference not in names:
+        raise UsageError(f"reference {reference!r} is not among the models; list it as a MODEL too, "
+                         f"so that it is measured in the same run")
+    for name in names:
+        check_model_name(name)
+    in_process = functools.partial(measure, memory=torch.device(settings.device).type == "cuda")
+    run = run_isolated if isolate else in_process
+    measurements = [run(name, settings) for name in tqdm(names, desc="bench", unit="model")]
+    return build_report(measurements, reference, settings, environment(settings, isolate))
+
+
+def write_bench(report: BenchReport, out_dir: str | Path) -> list[Path]:
+    """bench.md, bench.json and bench.png in `out_dir` (created)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "bench.md", out_dir / "bench.json", out_dir / "bench.png"]
+    paths[0].write_text(report.to_markdown())
+    paths[1].write_text(report.to_json() + "\n")
+    report.plot(paths[2])
+    return paths
+
+
+__all__ = ["BenchReport", "BenchSettings", "Measurement", "ModelBench", "RATIO_METRICS", "SCHEMA", "bench",
+           "measure", "write_bench"]

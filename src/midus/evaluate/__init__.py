@@ -1,0 +1,78 @@
+"""`midus eval`: perplexity (rolling and per-document) and lm-evaluation-harness tasks, for any set of
+models, as one side-by-side table (Markdown + JSON)."""
+
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..errors import UsageError
+from ..load import load_model
+from ..parameters import count_parameters
+from .harness import HEADLINES, PRESETS, TaskResult, load_tasks, resolve_tasks, run_tasks, task_manager
+from .offline import MC_TASK, PPL_TASK, heldout_choice_items, write_heldout_tasks
+from .perplexity import KINDS, Perplexity, document_perplexity, perplexities, rolling_perplexity
+from .report import EvalReport, EvalSettings, ModelEval, is_fraction
+from .texts import TextSource, load_documents
+
+
+def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "model", documents: list[str] | None = None,
+                   manager=None) -> ModelEval:
+    """Evaluate an in-memory model: perplexities of `documents` (or of `settings.ppl_data`) and the tasks."""
+    if documents is None and settings.ppl_data is not None:
+        documents = load_documents(settings.ppl_data)
+    result = ModelEval(name=name, parameters=count_parameters(model))
+    if documents:
+        if tokenizer is None:
+            raise UsageError(f"{name}: no tokenizer; perplexity needs one (save it in the model folder)")
+        result.perplexity = perplexities(model, tokenizer, documents, kinds=settings.ppl_kinds,
+                                         max_length=settings.ppl_max_length, stride=settings.ppl_stride,
+                                         batch_size=settings.batch_size)
+    if settings.tasks:
+        result.tasks, _ = run_tasks(model, tokenizer, settings.tasks, include_paths=settings.include_paths,
+                                    limit=settings.limit, batch_size=settings.batch_size,
+                                    num_fewshot=settings.num_fewshot, headline=settings.headline,
+                                    seed=settings.seed, manager=manager)
+        accuracies = [t.value for t in result.tasks if is_fraction(t.headline)]
+        result.average = sum(accuracies) / len(accuracies) if accuracies else None
+    return result
+
+
+def evaluate_models(names: list[str], settings: EvalSettings) -> EvalReport:
+    """Load each model (folder, hub id or recipe) in turn and evaluate it; bad task names, task data
+    that needs the network and unreadable perplexity data fail before any model is loaded."""
+    if not settings.tasks and settings.ppl_data is None:
+        raise UsageError("nothing to evaluate: give --tasks and/or --ppl-data")
+    if unknown := [k for k in settings.ppl_kinds if k not in KINDS]:
+        raise UsageError(f"perplexity kind {unknown[0]!r}: valid: {', '.join(KINDS)}")
+    if settings.headline not in HEADLINES:
+        raise UsageError(f"headline {settings.headline!r}: valid: {', '.join(HEADLINES)}")
+    manager = None
+    if settings.tasks:
+
+        manager = task_manager(settings.include_paths)
+        load_tasks(resolve_tasks(settings.tasks, manager), manager)  # fail fast (offline data, bad files)
+    documents = load_documents(settings.ppl_data) if settings.ppl_data is not None else None
+    rows = []
+    for name in tqdm(names, desc="models", unit="model", disable=len(names) < 2):
+        loaded = load_model(name, dtype=settings.dtype, device=settings.device)
+        rows.append(evaluate_model(loaded.model, loaded.tokenizer, settings, name=name, documents=documents,
+                                   manager=manager))
+        del loaded
+    return EvalReport(settings=settings, models=rows)
+
+
+def write_report(report, out_dir: str | Path, stem: str) -> list[Path]:
+    """`stem`.md and `stem`.json in `out_dir` (created); returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json"]
+    paths[0].write_text(report.to_markdown())
+    paths[1].write_text(report.to_json() + "\n")
+    return paths
+
+
+__all__ = [
+    "EvalReport", "EvalSettings", "MC_TASK", "ModelEval", "PPL_TASK", "PRESETS", "Perplexity", "TaskResult",
+    "TextSource", "document_perplexity", "evaluate_model", "evaluate_models", "heldout_choice_items",
+    "load_documents", "perplexities", "rolling_perplexity", "run_tasks", "write_heldout_tasks", "write_report",
+]

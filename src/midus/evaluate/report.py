@@ -1,0 +1,110 @@
+"""The quality table: one row per model, as JSON (schema below) and Markdown.
+
+JSON schema `midus.eval/1` (the pydantic models below are the reference):
+    {"schema": "midus.eval/1",
+     "settings": EvalSettings,                     # what was run, with which limits, batch, device, dtype
+     "models": [{"name": str,                      # as given on the command line
+                 "weights": "loaded",              # eval never uses random weights
+                 "parameters": int,                # total parameters
+                 "perplexity": {"rolling"|"document": Perplexity},
+                 "tasks": [TaskResult],            # one per requested task/group, in order
+                 "average": float | null}]}        # mean of the headline accuracies (fraction metrics only)
+Accuracies are fractions in JSON and percentages in Markdown; each task names its headline metric
+(`auto`: acc_norm where the task reports it, else acc, else its first metric).
+"""
+
+from pydantic import BaseModel, Field
+
+from .harness import TaskResult
+from .perplexity import Perplexity
+from .texts import TextSource
+
+SCHEMA = "midus.eval/1"
+FRACTIONS = ("acc", "acc_norm", "exact_match", "f1", "em", "mcc", "mc1", "mc2")  # shown as percentages
+
+
+def is_fraction(metric: str) -> bool:
+    return metric.split("[")[0] in FRACTIONS
+
+
+class EvalSettings(BaseModel):
+    tasks: list[str] = Field(default_factory=list, description="task names / presets as requested")
+    include_paths: list[str] = Field(default_factory=list, description="extra lm-eval task folders")
+    limit: float | None = Field(None, description="documents per task (lm-eval --limit); None: all")
+    num_fewshot: int | None = Field(None, description="None: each task's own default (0 for most)")
+    batch_size: int = 8
+    headline: str = "auto"
+    device: str = "cpu"
+    dtype: str = "float32"
+    ppl_data: TextSource | None = Field(None, description="perplexity text; None: no perplexity")
+    ppl_kinds: list[str] = Field(default_factory=lambda: ["rolling", "document"])
+    ppl_max_length: int | None = Field(None, description="window / truncation; None: min(2048, positions)")
+    ppl_stride: int = 512
+    seed: int = 0
+
+
+class ModelEval(BaseModel):
+    name: str
+    weights: str = "loaded"
+    parameters: int
+    perplexity: dict[str, Perplexity] = Field(default_factory=dict)
+    tasks: list[TaskResult] = Field(default_factory=list)
+    average: float | None = None
+
+
+class EvalReport(BaseModel):
+    schema_id: str = Field(SCHEMA, alias="schema")
+    settings: EvalSettings
+    models: list[ModelEval]
+
+    model_config = {"populate_by_name": True}
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, by_alias=True)
+
+    def to_markdown(self) -> str:
+        return eval_markdown(self)
+
+
+def _fmt(metric: str, value: float, stderr: float | None = None) -> str:
+    if not is_fraction(metric):
+        return f"{value:.4g}" + (f" ± {stderr:.2g}" if stderr is not None else "")
+    return f"{100 * value:.2f}" + (f" ± {100 * stderr:.2f}" if stderr is not None else "")
+
+
+def eval_markdown(report: EvalReport) -> str:
+    kinds = [k for k in ("rolling", "document") if any(k in m.perplexity for m in report.models)]
+    tasks = list(dict.fromkeys(t.task for m in report.models for t in m.tasks))
+    headlines = {t.task: t.headline for m in report.models for t in m.tasks}
+    header = ["model", "params"] + [{"rolling": "PPL (rolling) ↓", "document": "Wiki-PPL (per doc) ↓"}[k] for k in kinds]
+    header += [f"{t} ({headlines[t]})" for t in tasks] + (["avg"] if tasks else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in report.models:
+        by_task = {t.task: t for t in m.tasks}
+        cells = [m.name, f"{m.parameters:,}"] + [f"{m.perplexity[k].value:.3f}" if k in m.perplexity else "" for k in kinds]
+        cells += [_fmt(by_task[t].headline, by_task[t].value, by_task[t].stderr) if t in by_task else "" for t in tasks]
+        cells += [f"{100 * m.average:.2f}" if m.average is not None else ""] if tasks else []
+        lines.append("| " + " | ".join(cells) + " |")
+    s = report.settings
+    notes = [f"Accuracies in %, ± standard error; headline metric in brackets (rule: {s.headline}). "
+             f"limit={s.limit}, batch size {s.batch_size}, device {s.device}, dtype {s.dtype}."]
+    if kinds:
+        m = next(m for m in report.models if m.perplexity)
+        p = next(iter(m.perplexity.values()))
+        notes.append(f"Perplexity on {s.ppl_data.describe() if s.ppl_data else '?'}: {p.documents} documents, "
+                     f"window/truncation {p.max_length} tokens" + (f", stride {s.ppl_stride}" if "rolling" in kinds else "") + ".")
+    detail = _metric_table(report) if tasks else []
+    return "\n".join(lines + [""] + notes + ([""] + detail if detail else [])) + "\n"
+
+
+def _metric_table(report: EvalReport) -> list[str]:
+    """Every metric of every task: acc and acc_norm side by side, with stderr."""
+    lines = ["| model | task | samples | metric | value | stderr |", "|---|---|---|---|---|---|"]
+    for m in report.models:
+        for t in m.tasks:
+            for name, metric in t.metrics.items():
+                mark = " (headline)" if name == t.headline else ""
+                stderr = _fmt(name, metric.stderr) if metric.stderr is not None else ""
+                lines.append(f"| {m.name} | {t.task} | {t.samples if t.samples is not None else ''} | {name}{mark} | "
+                             f"{_fmt(name, metric.value)} | {stderr} |")
+    return lines

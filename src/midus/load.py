@@ -1,0 +1,146 @@
+"""Any model by name, for `midus eval`, `midus bench` and friends: a checkpoint folder, a hub id, or a
+recipe grown on the fly. Where there are no weights (a config-only folder, a hub id whose weights are
+not cached while offline, a recipe whose base cannot be downloaded) and the caller allows it, the
+model is built at its real shapes on the meta device and then given seeded random weights."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .checkpoint import DTYPES, first_line, load_config, resolve
+from .errors import MidusError
+from .parameters import count_parameters
+from .recipe import RECIPE_FILE, Recipe
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    name: str  # as the user gave it
+    model: PreTrainedModel
+    tokenizer: object | None  # None where the source has none (a config-only folder)
+    source: str  # folder | hub | recipe
+    weights: str  # loaded | random
+    recipe: Recipe | None  # the recipe that grew it, when known
+    base_parameters: int | None  # parameters of the base it was grown from, when known
+
+    @property
+    def added_parameters(self) -> int | None:
+        return None if self.base_parameters is None else count_parameters(self.model) - self.base_parameters
+
+
+def is_recipe(name: str) -> bool:
+    return Path(name).suffix in (".yaml", ".yml")
+
+
+def load_model(name: str, *, dtype: str = "float32", device: str = "cpu", allow_random: bool = False,
+               seed: int = 0) -> LoadedModel:
+    """Load `name` (folder, hub id or recipe YAML); `allow_random` permits random weights at real shapes."""
+    if dtype not in DTYPES:
+        raise MidusError(f"dtype {dtype!r}: valid: {', '.join(DTYPES)}")
+    if is_recipe(name):
+        loaded = _grow_recipe(name, dtype, allow_random, seed)
+    else:
+        loaded = _load_pretrained(name, dtype, allow_random, seed)
+    loaded.model.to(device=device, dtype=DTYPES[dtype])
+    loaded.model.eval()
+    return loaded
+
+
+def _load_pretrained(name: str, dtype: str, allow_random: bool, seed: int) -> LoadedModel:
+    source = resolve(name)
+    config = load_config(name)
+    is_folder = Path(source).is_dir()
+    recipe = _folder_recipe(source) if is_folder else None
+    base_parameters = _parameters_of(recipe.base) if recipe else None
+    has_weights = not is_folder or any(next(Path(source).glob(p), None) for p in WEIGHT_FILES)
+    kind = "folder" if is_folder else "hub"
+    if has_weights:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+            return LoadedModel(name, model, _tokenizer(source), kind, "loaded", recipe, base_parameters)
+        except (OSError, ValueError, RuntimeError) as error:
+            if not allow_random or is_folder:
+                raise MidusError(f"{name}: cannot load its weights ({first_line(error)})") from None
+    elif not allow_random:
+        raise MidusError(f"{name}: the folder has a config.json but no weights (*.safetensors or *.bin)")
+    model = random_model(config, dtype, seed)
+    return LoadedModel(name, model, _tokenizer(source), kind, "random", recipe, base_parameters)
+
+
+def _grow_recipe(name: str, dtype: str, allow_random: bool, seed: int) -> LoadedModel:
+    from .upscale import upscale
+    from .upscale.registry import METHODS
+
+    recipe = Recipe.from_yaml(name)
+    if recipe.method not in METHODS:
+        raise MidusError(f"recipe {name}: method {recipe.method!r} is not available; available: {', '.join(sorted(METHODS))}")
+    config = load_config(recipe.base)
+    base_parameters = _parameters_of(recipe.base, config)
+    source = resolve(recipe.base)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        return LoadedModel(name, upscale(base, recipe), _tokenizer(source), "recipe", "loaded", recipe, base_parameters)
+    except (OSError, ValueError) as error:
+        if not allow_random:
+            raise MidusError(f"recipe {name}: cannot load the weights of its base {recipe.base} ({first_line(error)})") from None
+    torch.manual_seed(seed)
+    try:  # grow at real shapes without memory, then materialise only the grown model
+        with torch.device("meta"):
+            grown = upscale(AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype]), recipe)
+        grown = materialise(grown, seed)
+    except (NotImplementedError, RuntimeError):  # a method that needs real values to grow (lesa's SVD)
+        grown = upscale(random_model(config, dtype, seed), recipe)
+    return LoadedModel(name, grown, _tokenizer(source), "recipe", "random", recipe, base_parameters)
+
+
+def random_model(config, dtype: str, seed: int) -> PreTrainedModel:
+    """The architecture of `config` at its real shapes, with seeded random weights (its own init)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    return materialise(model, seed)
+
+
+def materialise(model: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """Allocate a meta-device model on the CPU and run the model's own weight init (seeded)."""
+    model = model.to_empty(device="cpu")
+    for tensor in (*model.parameters(), *model.buffers()):  # flags from meta growth would skip the init
+        tensor.__dict__.pop("_is_hf_initialized", None)
+    torch.manual_seed(seed)
+    model.init_weights()
+    return model
+
+
+def meta_model(config) -> PreTrainedModel:
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _parameters_of(base: str, config=None) -> int | None:
+    """Parameters of a base model from its config alone (meta device), or None if it is unreachable."""
+    try:
+        return count_parameters(meta_model(config or load_config(base)))
+    except MidusError:
+        return None
+
+
+def _folder_recipe(folder: str) -> Recipe | None:
+    path = Path(folder) / RECIPE_FILE
+    return Recipe.from_yaml(path) if path.is_file() else None
+
+
+def _tokenizer(source: str):
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def max_positions(model: PreTrainedModel) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 0) or 0)
+
+
+__all__ = ["LoadedModel", "load_model", "materialise", "max_positions", "random_model", "is_recipe"]
