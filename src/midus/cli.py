@@ -65,6 +65,22 @@ def make_base(
     typer.echo(f"wrote {out_dir}")
 
 
+@app.command()
+@one_line_errors
+def inspect(
+    model: Annotated[str, typer.Argument(help="model folder, hub id, or recipe YAML (the model it would grow)")],
+    json_: bool = typer.Option(False, "--json", help="print the JSON report (schema: midus.inspect)"),
+    base: str = typer.Option(None, "--base", help="recipe only: inspect it on this base instead (e.g. a folder with its config.json)"),
+    trainable: str = typer.Option("all", "--trainable", help="which parameters training would update: all | new-blocks | memory"),
+    context: int = typer.Option(2048, "--context", help="keys attended per token in the FLOPs count"),
+):
+    """Layer map, parameters per component and FLOPs per token, from the config alone (meta device)."""
+    from .inspect import inspect as inspect_model, render, to_json
+
+    report = inspect_model(model, base=base, trainable=trainable, context=context)
+    typer.echo(to_json(report) if json_ else render(report))
+
+
 
 @app.command()
 @one_line_errors
