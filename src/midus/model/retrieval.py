@@ -36,11 +36,13 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
     scores = torch.bmm(halves.permute(1, 2, 0, 3).reshape(heads * 2, n_tokens, key_dim // 2),
                        keys.reshape(heads * 2, n, key_dim // 2).transpose(1, 2))
     scores = scores.view(heads, 2, n_tokens, n).permute(2, 0, 1, 3)  # [N, H, 2, n]
-    half_scores, half_ids = scores.topk(topk, dim=-1, sorted=True)  # [N, H, 2, k]
 
-    rank_row, rank_col = candidate_pairs(topk, query.device)
-    candidates = half_scores[:, :, 0, rank_row] + half_scores[:, :, 1, rank_col]  # [N, H, P]
-    best_scores, best = candidates.topk(topk, dim=-1, sorted=True)
-    row_ids = half_ids[:, :, 0].gather(-1, rank_row[best])
-    col_ids = half_ids[:, :, 1].gather(-1, rank_col[best])
+    with torch.no_grad():  # selection only: gradients flow through the gathered scores below
+        half_scores, half_ids = scores.topk(topk, dim=-1, sorted=True)  # [N, H, 2, k]
+        rank_row, rank_col = candidate_pairs(topk, query.device)
+        candidates = half_scores[:, :, 0, rank_row] + half_scores[:, :, 1, rank_col]  # [N, H, P]
+        best = candidates.topk(topk, dim=-1, sorted=True).indices
+        row_ids = half_ids[:, :, 0].gather(-1, rank_row[best])
+        col_ids = half_ids[:, :, 1].gather(-1, rank_col[best])
+    best_scores = scores[:, :, 0].gather(-1, row_ids) + scores[:, :, 1].gather(-1, col_ids)
     return best_scores, row_ids * n + col_ids
