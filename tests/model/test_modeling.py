@@ -208,3 +208,15 @@ def test_parameter_counts_on_meta_match_formulas(name, new_blocks):
         assert round(block / 1e6, 1) == 60.8
         assert round(memory_block / 1e6, 1) == 10.9
         assert 5.5 < block / memory_block < 5.7
+
+
+def test_shared_bank_is_owned_once_and_round_trips(tiny_base, tmp_path):
+    model = random_memory(grow(tiny_base, share_bank=True)).eval()
+    banks = [n for n, _ in model.named_parameters() if "bank" in n]
+    assert banks == ["model.shared_bank"]
+    assert all(layer.memory.values.bank is None for layer in model.model.layers if hasattr(layer, "memory"))
+    save_model(model, None, tmp_path / "shared")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "shared").eval()
+    x = tokens(seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, atol=0, rtol=0)
