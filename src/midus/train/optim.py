@@ -92,7 +92,7 @@ class Constant:
 
 def build_optimizer(model: nn.Module, config) -> torch.optim.AdamW:
     groups = parameter_groups(model, config.lr, config.memory_lr or config.lr, config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, fused=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config) -> torch.optim.lr_scheduler.LambdaLR:

@@ -94,7 +94,8 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=config.dataloader_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.accelerator.is_available(),
+        use_cpu=not torch.accelerator.is_available(),  # CPU-only: DDP over gloo under torchrun
         fsdp=config.fsdp or None,
         fsdp_config=dict(config.fsdp_config) or None,
     )
