@@ -23,9 +23,11 @@ def _sample_text() -> list[str]:
 
 def write_tiny_llama(out_dir: str | Path, *, layers: int = 4, hidden_size: int = 64, heads: int = 4,
                      kv_heads: int = 2, intermediate_size: int = 128, vocab_size: int = 512,
-                     max_positions: int = 512, seed: int = 0) -> Path:
-    """Write a randomly initialised LlamaForCausalLM with a trained BPE tokenizer to `out_dir`."""
-    tokenizer = train_bpe_tokenizer(_sample_text(), vocab_size)
+                     max_positions: int = 512, seed: int = 0, tokenizer=None) -> Path:
+    """Write a randomly initialised LlamaForCausalLM with a BPE tokenizer to `out_dir`: `tokenizer`, or
+    one of `vocab_size` trained on a few docstrings."""
+    if tokenizer is None:
+        tokenizer = train_bpe_tokenizer(_sample_text(), vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
