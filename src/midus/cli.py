@@ -183,3 +183,38 @@ def bench(
         for path in write_bench(report, out):
             typer.echo(f"wrote {path}", err=True)
     typer.echo(report.to_json() if json_ else report.to_markdown())
+
+
+@app.command()
+@one_line_errors
+def analyze(
+    model: Annotated[str, typer.Argument(help="MIDUS or Llama-family model folder (or hub id / recipe YAML)")],
+    data: Annotated[list[str], typer.Option("--data", "-d", help="held-out text: .txt/.jsonl/.json/.parquet file, glob or folder; repeatable")] = [],
+    out: Path = typer.Option(None, "--out", "-o", help="new folder for the report (JSON, PNG, summary.md)"),
+    text_field: str = typer.Option("text", "--text-field", help="field holding the text in .jsonl/.json/.parquet"),
+    seq_len: int = typer.Option(256, "--seq-len", help="tokens per window"),
+    max_tokens: int = typer.Option(16384, "--max-tokens", help="at most this many tokens (max_tokens // seq_len windows)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="windows per forward pass"),
+    removal: bool = typer.Option(True, "--removal/--no-removal", help="measure head removal exactly (one pass per head), or the gradient estimate only"),
+    permutations: int = typer.Option(3, "--permutations", help="fixed retrieval: random permutations of the projections per block"),
+    retrain_values: bool = typer.Option(False, "--retrain-values", help="fixed retrieval: retrain the value path from scratch and an FFN of equal parameters"),
+    retrain_steps: int = typer.Option(300, "--retrain-steps", help="optimizer steps of each retraining"),
+    retrain_lr: float = typer.Option(3e-3, "--retrain-lr", help="Adam learning rate of the retraining"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Head importance, fixed retrieval and memory usage of a model on held-out text: a report in OUT."""
+    from .analysis import AnalyzeSettings, analyze_to_folder
+    from .errors import UsageError
+
+    if out is None:
+        raise UsageError("no output folder: give --out DIR (a new folder for the report)")
+    settings = AnalyzeSettings(data=data, text_field=text_field, seq_len=seq_len, max_tokens=max_tokens,
+                               batch_size=batch_size, device=device, dtype=dtype, removal=removal,
+                               permutations=permutations, retrain_values=retrain_values, retrain_steps=retrain_steps,
+                               retrain_lr=retrain_lr, seed=seed)
+    paths = analyze_to_folder(model, settings, out)
+    for path in paths:
+        typer.echo(f"wrote {path}", err=True)
+    typer.echo((Path(out) / "summary.md").read_text())

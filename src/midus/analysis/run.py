@@ -1,0 +1,132 @@
+"""`midus analyze`: load a model and held-out text, run the analyses that apply, write the report.
+
+MIDUS model (memory blocks): head importance (memory heads and attention heads), fixed retrieval
+(and, on request, value-path retraining), memory usage. Plain or DUS-grown Llama-family model: head
+importance of its attention heads only; the memory analyses do not apply and the summary says so.
+"""
+
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+
+from ..checkpoint import DTYPES, check_out_dir
+from ..errors import MidusError, UsageError
+from ..load import check_model_name, load_model, max_positions
+from .data import batches_of, data_files, load_texts, token_windows
+from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
+from .head_importance import HeadImportance, head_importance
+from .probes import KIND_LETTERS, blocks
+from .usage import MemoryUsage, memory_usage
+from .value_retraining import retrain_values
+
+SCHEMA = "midus.analyze/1"
+RETRAIN_HELDOUT = 0.25  # share of the windows held out to score the retrained value paths
+
+
+class AnalyzeSettings(BaseModel):
+    data: list[str] = Field(description="held-out text: .txt / .jsonl / .json / .parquet files, globs or folders")
+    text_field: str = Field("text", description="the field holding the text in .jsonl / .json / .parquet files")
+    seq_len: int = Field(256, description="tokens per window (at most the model's positions)")
+    max_tokens: int = Field(16384, description="at most this many tokens, in max_tokens // seq_len windows")
+    batch_size: int = Field(8, description="windows per forward pass")
+    device: str = "cpu"
+    dtype: str = Field("float32", description="float32 | bfloat16 | float16")
+    removal: bool = Field(True, description="measure head removal exactly (one pass per head); off: gradient estimate only")
+    permutations: int = Field(3, description="fixed retrieval: random derangements of the projections per block")
+    retrain_values: bool = Field(False, description="fixed retrieval: retrain the value path and an equal-size FFN")
+    retrain_steps: int = Field(300, description="optimizer steps of each retraining")
+    retrain_lr: float = Field(3e-3, description="Adam learning rate of the retraining")
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("seq_len", "max_tokens", "batch_size", "retrain_steps"):
+            if getattr(self, name) < (2 if name == "seq_len" else 1):
+                raise UsageError(f"{name.replace('_', '-')} {getattr(self, name)}: must be at least {2 if name == 'seq_len' else 1}")
+        if self.permutations < 0:
+            raise UsageError(f"permutations {self.permutations}: must be 0 or more")
+        if self.retrain_lr <= 0:
+            raise UsageError(f"retrain-lr {self.retrain_lr}: must be positive")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"dtype {self.dtype!r}: valid: {', '.join(DTYPES)}")
+
+
+class Analysis(BaseModel):
+    schema_id: str = Field(SCHEMA, alias="schema")
+    model: str
+    model_type: str
+    stack: str = Field(description="the layers: D decoder, M memory, P pkm; * added by growth")
+    memory_blocks: int
+    settings: AnalyzeSettings
+    files: list[str] = Field(description="the data files read")
+    windows: int
+    tokens: int = Field(description="scored tokens (seq_len - 1 per window)")
+    baseline_loss: float
+    notes: list[str]
+    head_importance: HeadImportance
+    fixed_retrieval: FixedRetrieval | None
+    usage: MemoryUsage | None
+
+    model_config = {"populate_by_name": True}
+
+
+def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True) -> Analysis:
+    """Run every analysis that applies to `model_name` on the settings' data."""
+    settings.check()
+    files = data_files(settings.data)  # fail fast: before the model is loaded
+    check_model_name(model_name)
+    loaded = load_model(model_name, dtype=settings.dtype, device=settings.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if tokenizer is None:
+        raise MidusError(f"{model_name}: no tokenizer in the model folder; the analyses tokenize text with it")
+    positions = max_positions(model)
+    if positions and settings.seq_len > positions:
+        raise UsageError(f"seq-len {settings.seq_len} exceeds the model's {positions} positions (max_position_embeddings)")
+    windows = token_windows(load_texts([str(f) for f in files], settings.text_field), tokenizer,
+                            settings.seq_len, settings.max_tokens)
+    if settings.retrain_values and len(windows) < 2:
+        raise UsageError(f"--retrain-values needs at least 2 windows to fit and score on; got {len(windows)} "
+                         "(add text, raise --max-tokens or lower --seq-len)")
+    batches = batches_of(windows, settings.batch_size, settings.device)
+    stack = blocks(model)
+    memory = [block for block in stack if block.kind == "memory"]
+    notes = []
+
+    torch.manual_seed(settings.seed)
+    importance = head_importance(model, batches, removal=settings.removal, progress=progress)
+    fixed = usage = None
+    if memory:
+        fixed = fixed_retrieval_analysis(model, batches, permutations=settings.permutations, seed=settings.seed,
+                                         progress=progress)
+        if settings.retrain_values:
+            split = len(windows) - max(1, round(RETRAIN_HELDOUT * len(windows)))
+            fixed.value_retraining = retrain_values(
+                model, batches_of(windows[:split], settings.batch_size, settings.device),
+                batches_of(windows[split:], settings.batch_size, settings.device),
+                steps=settings.retrain_steps, lr=settings.retrain_lr, seed=settings.seed, progress=progress)
+    else:
+        notes.append("The model has no MIDUS memory blocks: fixed retrieval and memory usage do not apply; "
+                     "only the attention heads' importance was measured.")
+    if any(block.retrieval is not None for block in stack):
+        usage = memory_usage(model, batches, progress=progress)
+    if any(block.kind == "pkm" for block in stack):
+        notes.append("pkm blocks: their attention heads are in head importance and their product-key memory in "
+                     "memory usage; fixed retrieval applies to HIVE memory blocks only.")
+    if not settings.removal:
+        notes.append("Head removal was not measured (--no-removal): head importance is the gradient estimate only.")
+
+    return Analysis(
+        model=model_name, model_type=model.config.model_type,
+        stack=" ".join(KIND_LETTERS[b.kind] + ("*" if b.new else "") for b in stack), memory_blocks=len(memory),
+        settings=settings, files=[str(f) for f in files], windows=len(windows),
+        tokens=importance.tokens, baseline_loss=importance.baseline_loss, notes=notes,
+        head_importance=importance, fixed_retrieval=fixed, usage=usage,
+    )
+
+
+def analyze_to_folder(model_name: str, settings: AnalyzeSettings, out_dir: str | Path, *, progress: bool = True) -> list[Path]:
+    """`analyze`, then write its report to `out_dir` (a new folder, written atomically)."""
+    from .report import write_report
+
+    check_out_dir(out_dir)  # before any slow work
+    return write_report(analyze(model_name, settings, progress=progress), out_dir)
