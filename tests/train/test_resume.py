@@ -7,14 +7,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
+from midus.cli import app
 from midus.train import train
 from midus.train.rundir import RunFolder
 
@@ -122,9 +123,9 @@ def test_a_folder_with_another_run_is_refused_unless_overwrite(reference_run, tm
     other = config.model_copy(update={"lr": 1e-4})
     write_config(other, path)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    result = subprocess.run([*midus_command(), "train", str(path)], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
         f"error: output_dir {config.output_dir} holds a different run (differs in: lr); "
         "pass --overwrite to replace it, or choose another output_dir")
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # nothing touched

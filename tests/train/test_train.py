@@ -1,6 +1,7 @@
 """End-to-end `midus train`: loss falls, the optimiser rule, frozen originals, output format."""
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -151,3 +152,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_midus, co
     assert [c.name for c in run.checkpoints()] == ["checkpoint-4"] and not run.model.exists()
     model = AutoModelForCausalLM.from_pretrained(run.last_checkpoint())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bf16_with_gradient_checkpointing_keeps_the_stored_dtype(tiny_base, corpus, tmp_path):
+    from midus import Recipe
+    from midus.upscale import upscale_to_folder
+
+    recipe = Recipe.parse({"base": str(tiny_base), "method": "midus", "new_blocks": 1, "dtype": "bfloat16",
+                           "memory": {"n_keys": 8, "topk": 4, "latent_dim": 16}})
+    grown = upscale_to_folder(recipe, tmp_path / "grown-bf16")
+    config = tiny_config(grown, tmp_path / "run", {"files": [str(corpus)], "cache_dir": str(tmp_path / "cache"), "eval_sequences": 0},
+                         precision="bf16", gradient_checkpointing=True, max_steps=2, save_interval=0)
+    final = train(config)
+    assert {tensor.dtype for tensor in weights(final).values()} == {torch.bfloat16}
+    assert json.loads((final / "config.json").read_text())["dtype"] == "bfloat16"
+    losses = [r["loss"] for r in RunFolder(tmp_path / "run").records() if r["kind"] == "train"]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)

@@ -7,7 +7,6 @@ tokenized once and cached by `datasets` (fingerprinted); streaming data is token
 """
 
 import glob
-from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import datasets
 import torch
 from datasets import Dataset, IterableDataset
 
-from ..errors import MidusError, UsageError
+from ..errors import UsageError
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -31,15 +30,18 @@ def load_documents(data, files: list[str] | None = None, split: str | None = Non
     if files is not None:
         paths = expand_files(files)
         builder = file_builder(paths)
-        options = {"sample_by": data.txt_unit, "keep_linebreaks": data.txt_unit != "line"} if builder == "text" else {}
         source = ", ".join(paths) if len(paths) <= 3 else f"{paths[0]} and {len(paths) - 1} more files"
+        if all(Path(p).stat().st_size == 0 for p in paths):
+            raise DataError(f"data {source}: no documents (empty)")
+        options = {"sample_by": data.txt_unit, "keep_linebreaks": data.txt_unit != "line"} if builder == "text" else {}
         call = dict(path=builder, data_files=paths, split="train", **options)
     else:
         source = data.dataset + (f" ({data.name})" if data.name else "") + f" split {split}"
         call = dict(path=data.dataset, name=data.name, split=split)
     try:
         documents = datasets.load_dataset(**call, streaming=data.streaming, cache_dir=data.cache_dir)
-    except (FileNotFoundError, ConnectionError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+    except (ConnectionError, ValueError, OSError, StopIteration, datasets.exceptions.DatasetNotFoundError,
+            datasets.exceptions.DatasetGenerationError) as error:
         raise DataError(f"data {source}: cannot load it ({first_line(error)})") from None
     check_fields(documents, required_fields(data), source)
     if not data.streaming and len(documents) == 0:
@@ -201,8 +203,3 @@ def collate(features: list[dict]) -> dict[str, torch.Tensor]:
     input_ids = torch.tensor([f["input_ids"] for f in features])
     labels = torch.tensor([f["labels"] for f in features]) if "labels" in features[0] else input_ids.clone()
     return {"input_ids": input_ids, "labels": labels}
-
-
-def iterate_sequences(sequences) -> Iterator[list[int]]:
-    for row in sequences:
-        yield row["input_ids"]

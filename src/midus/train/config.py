@@ -106,8 +106,9 @@ class TrainConfig(Strict):
                                "a multiple of log_interval, so that a resumed run logs exactly what an unbroken one does")
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     report_to: list[Literal["tensorboard", "wandb"]] = Field([], description="also report metrics to TensorBoard and/or W&B")
-    fsdp: str = Field("", description="FSDP sharding for models that do not fit one device, as Trainer's `fsdp` (e.g. 'full_shard auto_wrap'); empty: DDP")
-    fsdp_config: dict[str, Any] = Field({}, description="FSDP options, as Trainer's `fsdp_config` (e.g. {version: 2})")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state over the processes (FSDP2) "
+                       "for models that do not fit one device; otherwise every process holds a replica (DDP)")
+    fsdp_config: dict[str, Any] = Field({}, description="FSDP options, as the Trainer's `fsdp_config` (e.g. {cpu_offload: true})")
     dataloader_workers: int = Field(0, ge=0, description="data-loading worker processes")
 
     @model_validator(mode="after")

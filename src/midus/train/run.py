@@ -13,6 +13,7 @@ from transformers.trainer_callback import ProgressCallback
 from ..checkpoint import DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, resolve, save_model
 from ..data.datasets import build_datasets, collate
 from ..errors import MidusError, UsageError
+from ..model.values import embedding_bag_supported
 from ..recipe import RECIPE_FILE
 from .config import TrainConfig
 from .metrics import plot_loss
@@ -31,14 +32,13 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
     run = RunFolder(config.output_dir)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(config, run, processes)  # sets up the process group under torchrun
+    model_config = load_config(config.model)
+    check_model(config, model_config)
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
     with args.main_process_first(desc="run folder"):
         run.prepare(config, overwrite, writer=args.should_save)
     if run.model.is_dir():
         return run.model  # finished before
-
-    model_config = load_config(config.model)
-    check_model(config, model_config)
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
     with args.main_process_first(desc="tokenize"):
         train_data, eval_data = build_datasets(config.data, tokenizer, config.seq_len, config.seed)
     model = load_model(config.model)
@@ -57,6 +57,7 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
             callbacks=[RunCallback(run, config.tokens_per_step)],
         )
         trainer.remove_callback(ProgressCallback)
+        probe_memory_kernels(args.device, model.dtype)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if eval_data is not None and not evaluated_at(trainer.state, trainer.state.global_step):
             trainer.evaluate()
@@ -68,10 +69,19 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
     return run.model
 
 
+def probe_memory_kernels(device: torch.device, dtype: torch.dtype) -> None:
+    """Run the memory layer's one-time embedding_bag capability probe now, with gradients on: run
+    inside the first (checkpointed) forward it would change what activation checkpointing records."""
+    with torch.enable_grad():
+        embedding_bag_supported(device.type, dtype)
+
+
 def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> TrainingArguments:
     for name in config.report_to:
         if importlib.util.find_spec(name) is None:
             raise UsageError(f"report_to: {name} is not installed (pip install {name})")
+    if config.fsdp and not torch.accelerator.is_available():
+        raise UsageError("fsdp: true shards over GPUs and this machine has none; on CPU, run without fsdp (DDP)")
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.root / "tensorboard"))  # not in the staging folder
     evaluate = config.data.eval_sequences > 0
     return TrainingArguments(
@@ -82,7 +92,7 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
         gradient_accumulation_steps=config.gradient_accumulation(processes),
         learning_rate=config.lr, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         bf16=config.precision == "bf16",
-        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing and not config.fsdp,
         seed=config.seed, full_determinism=config.deterministic,
         logging_steps=config.log_interval, logging_nan_inf_filter=False,
         eval_strategy="steps" if evaluate and config.eval_interval else "no",
@@ -96,9 +106,16 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
         dataloader_num_workers=config.dataloader_workers,
         dataloader_pin_memory=torch.accelerator.is_available(),
         use_cpu=not torch.accelerator.is_available(),  # CPU-only: DDP over gloo under torchrun
-        fsdp=config.fsdp or None,
-        fsdp_config=dict(config.fsdp_config) or None,
+        fsdp=config.fsdp,
+        fsdp_config=fsdp_options(config),
     )
+
+
+def fsdp_options(config: TrainConfig) -> dict | None:
+    """FSDP2 settings; with FSDP, activation checkpointing is FSDP's own (no redundant all-gather)."""
+    if not config.fsdp:
+        return None
+    return {"version": 2, "activation_checkpointing": config.gradient_checkpointing, **config.fsdp_config}
 
 
 def check_model(config: TrainConfig, model_config) -> None:

@@ -62,6 +62,8 @@ class RunFolder:
         """Why the folder cannot host `config`'s run, or None if it holds that very run."""
         if not self.config_file.is_file():
             return "exists and holds no midus train run"
+        if not (self.checkpoints() or self.metrics.is_file() or self.model.is_dir()):
+            return None  # a run that failed before its first step: nothing to keep
         try:
             stored = TrainConfig.parse(yaml.safe_load(self.config_file.read_text()), source=str(self.config_file))
         except (TrainConfigError, yaml.YAMLError):
