@@ -3,8 +3,10 @@ read by the evaluation loader (`midus.evaluate.texts`), tokenized with the model
 document followed by EOS, concatenated, and cut into windows of exactly `seq_len` tokens."""
 
 import glob
+from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 import torch
 
 from ..data.datasets import BUILDERS
@@ -40,9 +42,22 @@ def data_files(patterns: list[str]) -> list[Path]:
 def load_texts(patterns: list[str], text_field: str = "text") -> list[str]:
     """The non-empty documents of every file, in order (a .txt file: one per blank-line paragraph)."""
     documents = []
-    for path in data_files(patterns):
-        documents += load_documents(TextSource(path=str(path), text_field=text_field))
+    with quiet_datasets():
+        for path in data_files(patterns):
+            documents += load_documents(TextSource(path=str(path), text_field=text_field))
     return documents
+
+
+@contextmanager
+def quiet_datasets():
+    """No `datasets` progress bars while reading a few local files (an error stays one line)."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 def token_windows(documents: list[str], tokenizer, seq_len: int, max_tokens: int) -> torch.Tensor:

@@ -161,9 +161,10 @@ def fixed_retrieval(model_blocks: Iterable[Block], recorded: dict[int, Retrieval
 # --- loss ------------------------------------------------------------------------------------------
 
 def token_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL of a batch of full windows [B, T] (float32), differentiable."""
-    logits = model(input_ids=ids, use_cache=False).logits
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
+    """Summed next-token NLL of a batch of full windows [B, T] (in float32 at least), differentiable."""
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least float32
+    return F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
 
 
 def scored_tokens(batches: list[torch.Tensor]) -> int:

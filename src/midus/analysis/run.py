@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from ..checkpoint import DTYPES, check_out_dir
+from ..checkpoint import DTYPES, check_family, check_out_dir, load_config, load_tokenizer
 from ..errors import MidusError, UsageError
-from ..load import check_model_name, load_model, max_positions
+from ..load import is_recipe, load_model
+from ..recipe import Recipe
 from .data import batches_of, data_files, load_texts, token_windows
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
 from .head_importance import HeadImportance, head_importance
@@ -73,20 +74,24 @@ class Analysis(BaseModel):
 def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True) -> Analysis:
     """Run every analysis that applies to `model_name` on the settings' data."""
     settings.check()
-    files = data_files(settings.data)  # fail fast: before the model is loaded
-    check_model_name(model_name)
-    loaded = load_model(model_name, dtype=settings.dtype, device=settings.device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    if tokenizer is None:
-        raise MidusError(f"{model_name}: no tokenizer in the model folder; the analyses tokenize text with it")
-    positions = max_positions(model)
+    files = data_files(settings.data)  # every input is checked before the weights are loaded
+    source = Recipe.from_yaml(model_name).base if is_recipe(model_name) else model_name
+    config = load_config(source)
+    if config.model_type != "midus":
+        check_family(config, source)
+    positions = getattr(config, "max_position_embeddings", None)
     if positions and settings.seq_len > positions:
         raise UsageError(f"seq-len {settings.seq_len} exceeds the model's {positions} positions (max_position_embeddings)")
+    try:
+        tokenizer = load_tokenizer(source)
+    except MidusError:
+        raise MidusError(f"{source}: no usable tokenizer in the model folder; the analyses tokenize text with it") from None
     windows = token_windows(load_texts([str(f) for f in files], settings.text_field), tokenizer,
                             settings.seq_len, settings.max_tokens)
     if settings.retrain_values and len(windows) < 2:
         raise UsageError(f"--retrain-values needs at least 2 windows to fit and score on; got {len(windows)} "
                          "(add text, raise --max-tokens or lower --seq-len)")
+    model = load_model(model_name, dtype=settings.dtype, device=settings.device).model
     batches = batches_of(windows, settings.batch_size, settings.device)
     stack = blocks(model)
     memory = [block for block in stack if block.kind == "memory"]

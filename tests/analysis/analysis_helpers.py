@@ -1,0 +1,40 @@
+"""Tiny grown models and data for the analysis tests."""
+
+import inspect
+
+import torch
+
+import midus
+from midus import Recipe
+
+TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
+
+
+def grow(base_dir, method="midus", placement="top-heavy", new_blocks=2, **memory):
+    recipe = Recipe.parse({"base": str(base_dir), "method": method, "new_blocks": new_blocks, "placement": placement,
+                           "dtype": "float32", "memory": {**TINY_MEMORY, **memory}})
+    return midus.upscale(str(base_dir), recipe).eval()
+
+
+def random_projections(model, scale=0.3, seed=0):
+    """Give the zero-initialised HIVE projections values, so the memory blocks change the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "memory.values.proj" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return model
+
+
+def token_batches(windows=4, seq_len=24, batch_size=2, seed=0, vocab=500):
+    ids = torch.randint(5, vocab, (windows, seq_len), generator=torch.Generator().manual_seed(seed))
+    return list(ids.split(batch_size))
+
+
+def heldout_text() -> str:
+    """Standard-library docstrings: text every Python install carries."""
+    import collections, json as json_module, textwrap as textwrap_module  # noqa: E401
+
+    docs = [inspect.getdoc(obj) for module in (collections, json_module, textwrap_module)
+            for _, obj in inspect.getmembers(module)]
+    return "\n\n".join(sorted({d for d in docs if d and len(d) > 40}))

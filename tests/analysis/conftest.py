@@ -1,0 +1,43 @@
+import json
+
+import pytest
+import torch
+from analysis_helpers import grow, heldout_text, random_projections
+from transformers import AutoTokenizer
+
+from midus.checkpoint import save_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def grown(tiny_base):
+    """A tiny MIDUS model (4 + 2 blocks: D D M* D M* D) whose memory matters."""
+    return random_projections(grow(tiny_base))
+
+
+@pytest.fixture(scope="session")
+def heldout_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("heldout")
+    text = heldout_text()
+    (folder / "heldout.txt").write_text(text)
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    (folder / "heldout.jsonl").write_text("".join(json.dumps({"body": p}) + "\n" for p in paragraphs))
+    (folder / "empty.txt").write_text("")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def midus_folder(tiny_base, tmp_path_factory):
+    """A tiny MIDUS checkpoint on disk, with random projections."""
+    folder = tmp_path_factory.mktemp("midus") / "grown"
+    save_model(random_projections(grow(tiny_base)), AutoTokenizer.from_pretrained(tiny_base), folder)
+    return folder
+
