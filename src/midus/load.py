@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .checkpoint import DTYPES, first_line, load_config, resolve
@@ -36,6 +37,13 @@ def is_recipe(name: str) -> bool:
     return Path(name).suffix in (".yaml", ".yml")
 
 
+def check_model_name(name: str) -> int:
+    """Fail fast, before any slow work: a missing folder or recipe file, an invalid recipe, a config
+    that cannot be had. Returns the model's positions (max_position_embeddings; 0 if it has none)."""
+    config = load_config(Recipe.from_yaml(name).base if is_recipe(name) else name)  # growth keeps positions
+    return int(getattr(config, "max_position_embeddings", 0) or 0)
+
+
 def load_model(name: str, *, dtype: str = "float32", device: str = "cpu", allow_random: bool = False,
                seed: int = 0) -> LoadedModel:
     """Load `name` (folder, hub id or recipe YAML); `allow_random` permits random weights at real shapes."""
@@ -62,7 +70,7 @@ def _load_pretrained(name: str, dtype: str, allow_random: bool, seed: int) -> Lo
         try:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
             return LoadedModel(name, model, _tokenizer(source), kind, "loaded", recipe, base_parameters)
-        except (OSError, ValueError, RuntimeError) as error:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as error:
             if not allow_random or is_folder:
                 raise MidusError(f"{name}: cannot load its weights ({first_line(error)})") from None
     elif not allow_random:
@@ -72,36 +80,26 @@ def _load_pretrained(name: str, dtype: str, allow_random: bool, seed: int) -> Lo
 
 
 def _grow_recipe(name: str, dtype: str, allow_random: bool, seed: int) -> LoadedModel:
-    from .upscale import upscale
-    from .upscale.registry import METHODS
+    from .upscale import grow_on_meta, upscale
 
     recipe = Recipe.from_yaml(name)
-    if recipe.method not in METHODS:
-        raise MidusError(f"recipe {name}: method {recipe.method!r} is not available; available: {', '.join(sorted(METHODS))}")
     config = load_config(recipe.base)
     base_parameters = _parameters_of(recipe.base, config)
-    source = resolve(recipe.base)
+    tokenizer = _tokenizer(resolve(recipe.base))
     try:
-        base = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
-        return LoadedModel(name, upscale(base, recipe), _tokenizer(source), "recipe", "loaded", recipe, base_parameters)
-    except (OSError, ValueError) as error:
-        if not allow_random:
-            raise MidusError(f"recipe {name}: cannot load the weights of its base {recipe.base} ({first_line(error)})") from None
-    torch.manual_seed(seed)
-    try:  # grow at real shapes without memory, then materialise only the grown model
-        with torch.device("meta"):
-            grown = upscale(AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype]), recipe)
-        grown = materialise(grown, seed)
-    except (NotImplementedError, RuntimeError):  # a method that needs real values to grow (lesa's SVD)
-        grown = upscale(random_model(config, dtype, seed), recipe)
-    return LoadedModel(name, grown, _tokenizer(source), "recipe", "random", recipe, base_parameters)
+        return LoadedModel(name, upscale(recipe.base, recipe), tokenizer, "recipe", "loaded", recipe, base_parameters)
+    except MidusError as error:
+        if not allow_random or "cannot load its weights" not in str(error):
+            raise
+    grown = materialise(grow_on_meta(recipe, config), seed)  # real shapes, no base weights needed
+    return LoadedModel(name, grown, tokenizer, "recipe", "random", recipe, base_parameters)
 
 
 def random_model(config, dtype: str, seed: int) -> PreTrainedModel:
     """The architecture of `config` at its real shapes, with seeded random weights (its own init)."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
-    return materialise(model, seed)
+    from .upscale import meta_base
+
+    return materialise(meta_base(config, dtype), seed)
 
 
 def materialise(model: PreTrainedModel, seed: int) -> PreTrainedModel:
@@ -114,22 +112,21 @@ def materialise(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     return model
 
 
-def meta_model(config) -> PreTrainedModel:
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
 def _parameters_of(base: str, config=None) -> int | None:
     """Parameters of a base model from its config alone (meta device), or None if it is unreachable."""
     try:
-        return count_parameters(meta_model(config or load_config(base)))
+        from .upscale import meta_base
+
+        return count_parameters(meta_base(config or load_config(base)))
     except MidusError:
         return None
 
 
 def _folder_recipe(folder: str) -> Recipe | None:
-    path = Path(folder) / RECIPE_FILE
-    return Recipe.from_yaml(path) if path.is_file() else None
+    try:
+        return Recipe.from_yaml(Path(folder) / RECIPE_FILE)
+    except MidusError:  # none, or unreadable: the model still loads, its added parameters are unknown
+        return None
 
 
 def _tokenizer(source: str):
@@ -143,4 +140,4 @@ def max_positions(model: PreTrainedModel) -> int:
     return int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
 
-__all__ = ["LoadedModel", "load_model", "materialise", "max_positions", "random_model", "is_recipe"]
+__all__ = ["LoadedModel", "check_model_name", "load_model", "materialise", "max_positions", "random_model", "is_recipe"]

@@ -13,21 +13,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import resolve
 from ..errors import MidusError, UsageError
-from ..load import is_recipe
-from ..recipe import Recipe
-from .measure import BenchSettings, Measurement, MemoryProbe, measure
+from ..load import check_model_name
+from .measure import BenchSettings, Measurement, MemoryProbe, check_lengths, measure
 from .report import RATIO_METRICS, SCHEMA, BenchReport, ModelBench, build_report
-
-
-def check_model_name(name: str) -> None:
-    """Fail before any measurement: a missing folder or recipe file, an invalid recipe."""
-    if is_recipe(name):
-        recipe = Recipe.from_yaml(name)
-        resolve(recipe.base)
-    else:
-        resolve(name)
 
 
 def run_isolated(name: str, settings: BenchSettings) -> Measurement:
@@ -73,10 +62,11 @@ def bench(names: list[str], settings: BenchSettings | None = None, *, reference:
         raise UsageError(f"reference {reference!r} is not among the models; list it as a MODEL too, "
                          f"so that it is measured in the same run")
     for name in names:
-        check_model_name(name)
+        check_lengths(check_model_name(name), settings, name)
     in_process = functools.partial(measure, memory=torch.device(settings.device).type == "cuda")
     run = run_isolated if isolate else in_process
-    measurements = [run(name, settings) for name in tqdm(names, desc="bench", unit="model")]
+    with tqdm(names, desc="bench", unit="model") as bar:
+        measurements = [run(name, settings) for name in bar]
     return build_report(measurements, reference, settings, environment(settings, isolate))
 
 

@@ -156,8 +156,7 @@ def repeat(run, settings: BenchSettings, device: torch.device) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------- phases
-def check_lengths(model, settings: BenchSettings, name: str) -> None:
-    positions = max_positions(model)
+def check_lengths(positions: int, settings: BenchSettings, name: str) -> None:
     needed = {"train_seq_len": settings.train_seq_len, "prefill_len + decode_tokens": settings.prefill_len + settings.decode_tokens}
     for what, length in needed.items():
         if positions and length > positions:
@@ -236,7 +235,7 @@ def measure(name: str, settings: BenchSettings, *, memory: bool = True) -> Measu
 def _measure(name: str, settings: BenchSettings, device: torch.device, probe: MemoryProbe) -> Measurement:
     loaded = load_model(name, dtype=settings.dtype, device=settings.device, allow_random=True, seed=settings.seed)
     model = loaded.model
-    check_lengths(model, settings, name)
+    check_lengths(max_positions(model), settings, name)
     generator = torch.Generator().manual_seed(settings.seed)
     vocab = model.config.vocab_size
     prompt = torch.randint(vocab, (settings.batch_size, settings.prefill_len), generator=generator).to(device)

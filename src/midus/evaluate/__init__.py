@@ -6,7 +6,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..load import load_model
+from ..load import check_model_name, load_model
 from ..parameters import count_parameters
 from .harness import HEADLINES, PRESETS, TaskResult, load_tasks, resolve_tasks, run_tasks, task_manager
 from .offline import MC_TASK, PPL_TASK, heldout_choice_items, write_heldout_tasks
@@ -46,18 +46,23 @@ def evaluate_models(names: list[str], settings: EvalSettings) -> EvalReport:
         raise UsageError(f"perplexity kind {unknown[0]!r}: valid: {', '.join(KINDS)}")
     if settings.headline not in HEADLINES:
         raise UsageError(f"headline {settings.headline!r}: valid: {', '.join(HEADLINES)}")
+    for name in names:
+        positions = check_model_name(name)
+        if settings.ppl_data is not None and settings.ppl_max_length and positions and settings.ppl_max_length > positions:
+            raise UsageError(f"{name}: max length {settings.ppl_max_length} exceeds the model's {positions} positions "
+                             "(max_position_embeddings)")
     manager = None
     if settings.tasks:
-
-        manager = task_manager(settings.include_paths)
+        manager = task_manager(settings.include_paths, settings.tasks)
         load_tasks(resolve_tasks(settings.tasks, manager), manager)  # fail fast (offline data, bad files)
     documents = load_documents(settings.ppl_data) if settings.ppl_data is not None else None
     rows = []
-    for name in tqdm(names, desc="models", unit="model", disable=len(names) < 2):
-        loaded = load_model(name, dtype=settings.dtype, device=settings.device)
-        rows.append(evaluate_model(loaded.model, loaded.tokenizer, settings, name=name, documents=documents,
-                                   manager=manager))
-        del loaded
+    with tqdm(names, desc="models", unit="model", disable=len(names) < 2) as bar:
+        for name in bar:
+            loaded = load_model(name, dtype=settings.dtype, device=settings.device)
+            rows.append(evaluate_model(loaded.model, loaded.tokenizer, settings, name=name, documents=documents,
+                                       manager=manager))
+            del loaded
     return EvalReport(settings=settings, models=rows)
 
 

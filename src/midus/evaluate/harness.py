@@ -3,6 +3,7 @@ wrapper (`HFLM(pretrained=model, tokenizer=tokenizer)`), tasks by any lm-eval na
 task folders of our own (`include_paths`, e.g. the offline held-out task of `offline.py`)."""
 
 import difflib
+import functools
 import logging
 
 from pydantic import BaseModel
@@ -34,11 +35,24 @@ class TaskResult(BaseModel):
     subtasks: list[str] = []  # for a group: its subtasks
 
 
-def task_manager(include_paths: list[str] | tuple[str, ...] = ()):
-    """lm-eval's TaskManager over its own tasks plus `include_paths` (folders of task YAMLs)."""
+def task_manager(include_paths: list[str] | tuple[str, ...] = (), tasks: list[str] | None = None):
+    """lm-eval's TaskManager over its own tasks plus `include_paths` (folders of task YAMLs). When
+    every name in `tasks` is found in `include_paths` alone, lm-eval's own ~14k task configs are not
+    indexed (seconds saved: offline evaluation starts at once)."""
+    paths = tuple(str(p) for p in include_paths)
+    if paths and tasks:
+        local = _indexed(paths, include_defaults=False)
+        if set(expand(tasks)) <= set(local.all_tasks):
+            return local
+    return _indexed(paths, include_defaults=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _indexed(paths: tuple[str, ...], include_defaults: bool):
+    """The index is read-only once built (each `load` makes new Task objects), so one per process."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(p) for p in include_paths] or None)
+    return TaskManager(include_path=list(paths) or None, include_defaults=include_defaults)
 
 
 def expand(names: list[str]) -> list[str]:
@@ -100,7 +114,7 @@ def run_tasks(model, tokenizer, names: list[str], *, include_paths=(), limit: in
 
     if headline not in HEADLINES:
         raise UsageError(f"headline {headline!r}: valid: {', '.join(HEADLINES)}")
-    manager = manager or task_manager(include_paths)
+    manager = manager or task_manager(include_paths, names)
     tasks = resolve_tasks(names, manager)
     loaded = load_tasks(tasks, manager)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)

@@ -2,8 +2,10 @@
 
 rolling   Token-level perplexity of one text stream (the documents joined by a blank line), WikiText
           style: windows of `max_length` tokens that advance by `stride`; each window scores only the
-          tokens the previous windows did not, so every token is scored once, with at least
-          `max_length - stride` tokens of context (fewer only at the start).
+          tokens the previous windows did not, so with stride < max_length every token is scored once,
+          with at least `max_length - stride` tokens of context (fewer only at the start). With
+          stride == max_length (no overlap) a window's first token has no context and is not scored,
+          as in the transformers documentation's recipe.
               PPL = exp( sum_t NLL_t / T )
 document  The paper's Wiki-PPL: every document on its own, truncated to `max_length` tokens,
               PPL = mean_d exp( mean_{t in d} NLL_t )
@@ -79,7 +81,7 @@ def rolling_windows(total: int, max_length: int, stride: int) -> list[tuple[int,
     windows, scored_until, begin = [], 1, 0
     while True:
         end = min(begin + max_length, total)
-        windows.append((begin, end, scored_until))
+        windows.append((begin, end, max(scored_until, begin + 1)))  # a window's first token has no context
         scored_until = end
         if end == total:
             return windows

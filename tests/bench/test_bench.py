@@ -1,0 +1,135 @@
+import json
+import shutil
+
+import pytest
+import yaml
+from transformers import AutoConfig
+from typer.testing import CliRunner
+
+from midus.bench import RATIO_METRICS, BenchReport, BenchSettings, bench
+from midus.bench.report import figure
+from midus.cli import app
+from midus.load import load_model
+from midus.parameters import count_parameters
+
+TINY = BenchSettings(batch_size=1, train_seq_len=32, prefill_len=16, decode_tokens=4, warmup=1, repeats=3, threads=1)
+MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
+MODEL_KEYS = {  # the documented schema (bench/report.py)
+    "name", "source", "weights", "model_type", "layers", "params_total", "params_added", "train_peak_mb",
+    "inference_peak_mb", "train_step_s", "prefill_s", "decode_s_per_token", "train_tokens_per_s",
+    "prefill_tokens_per_s", "decode_tokens_per_s", "ratios",
+}
+STAT_KEYS = {"median", "q1", "q3", "min", "max", "samples"}
+
+
+def write_recipe(path, base, method, **fields):
+    recipe = {"base": str(base), "method": method, "new_blocks": 2, "placement": "distributed", "dtype": "float32", **fields}
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def recipes(tiny_base, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipes")
+    config_only = folder / "config-only-base"
+    config_only.mkdir()
+    shutil.copy(tiny_base / "config.json", config_only / "config.json")  # shapes, no weights
+    return {
+        "midus": write_recipe(folder / "midus.yaml", tiny_base, "midus", memory=MEMORY),
+        "llama-pro": write_recipe(folder / "llama-pro.yaml", tiny_base, "llama-pro"),
+        "midus-random": write_recipe(folder / "midus-random.yaml", config_only, "midus", memory=MEMORY),
+    }
+
+
+@pytest.fixture(scope="module")
+def report(tiny_base, recipes):
+    names = [str(tiny_base), recipes["midus"], recipes["llama-pro"], recipes["midus-random"]]
+    return bench(names, TINY, reference=recipes["llama-pro"], isolate=False)
+
+
+def test_bench_json_follows_its_schema(report):
+    data = json.loads(report.to_json())
+    assert set(data) == {"schema", "settings", "environment", "reference", "models"}
+    assert data["schema"] == "midus.bench/1"
+    assert data["settings"] == TINY.model_dump()
+    for model in data["models"]:
+        assert set(model) == MODEL_KEYS
+        assert set(model["ratios"]) == set(RATIO_METRICS)
+        for key in ("train_step_s", "prefill_s", "decode_s_per_token"):
+            stat = model[key]
+            assert set(stat) == STAT_KEYS and len(stat["samples"]) == TINY.repeats
+            assert stat["min"] <= stat["q1"] <= stat["median"] <= stat["q3"] <= stat["max"]
+        assert model["train_tokens_per_s"] == pytest.approx(TINY.train_seq_len / model["train_step_s"]["median"])
+        assert model["decode_tokens_per_s"] == pytest.approx(1 / model["decode_s_per_token"]["median"])
+        assert model["train_peak_mb"] is None  # CPU memory is only measured in a fresh process per model
+    assert BenchReport.model_validate_json(report.to_json()) == report
+
+
+def test_ratios_agree_with_the_raw_figures(report):
+    reference = next(m for m in report.models if m.name == report.reference)
+    for model in report.models:
+        for metric in RATIO_METRICS:
+            value, ref = figure(model, metric), figure(reference, metric)
+            if value is None or not ref:
+                assert model.ratios[metric] is None
+            else:
+                assert model.ratios[metric] == pytest.approx(value / ref, rel=1e-12)
+    assert all(r == pytest.approx(1.0) for r in reference.ratios.values() if r is not None)
+    markdown = report.to_markdown()
+    assert f"{report.reference} (ref)" in markdown and "×)" in markdown
+
+
+def test_midus_adds_fewer_parameters_than_llama_pro_at_the_same_depth(report, tiny_base, recipes):
+    by_name = {m.name: m for m in report.models}
+    base, grown, pro = by_name[str(tiny_base)], by_name[recipes["midus"]], by_name[recipes["llama-pro"]]
+    assert grown.layers == pro.layers == base.layers + 2
+    assert 0 < grown.params_added < pro.params_added
+    assert grown.params_added == grown.params_total - base.params_total
+    assert pro.params_added == pro.params_total - base.params_total
+    assert grown.ratios["params_added"] < 1
+    assert base.params_total == count_parameters(load_model(str(tiny_base)).model)
+
+
+def test_a_recipe_whose_base_has_no_weights_is_benched_with_random_weights_at_real_shapes(report, recipes):
+    by_name = {m.name: m for m in report.models}
+    loaded, random = by_name[recipes["midus"]], by_name[recipes["midus-random"]]
+    assert (loaded.weights, random.weights) == ("loaded", "random")
+    assert (random.params_total, random.params_added, random.layers) == (loaded.params_total, loaded.params_added, loaded.layers)
+
+
+def test_bench_cli_measures_each_model_in_its_own_process(tiny_base, recipes, tmp_path):
+    args = ["bench", str(tiny_base), recipes["midus"], "--json", "--out", str(tmp_path), "--threads", "1",
+            "--seq-len", "32", "--prefill-len", "16", "--decode-tokens", "4", "--repeats", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["reference"] == str(tiny_base)
+    for model in data["models"]:
+        assert model["train_peak_mb"] > 0 and model["inference_peak_mb"] > 0
+        assert model["ratios"]["train_peak_mb"] == pytest.approx(model["train_peak_mb"] / data["models"][0]["train_peak_mb"])
+    assert "fresh process" in data["environment"]["memory_method"]
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "bench.json").read_text()) == data
+    assert "| model |" in (tmp_path / "bench.md").read_text()
+
+
+def one_line_error(result, code, fragment):
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+
+
+def test_bad_inputs_are_one_line_errors(tiny_base, tmp_path):
+    runner = CliRunner()
+    one_line_error(runner.invoke(app, ["bench", str(tmp_path / "no" / "such" / "model")]), 1, "no such folder")
+    one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--reference", "other"]), 2,
+                   "reference 'other' is not among the models")
+    positions = AutoConfig.from_pretrained(tiny_base).max_position_embeddings
+    one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--prefill-len", str(positions)]), 2,
+                   f"prefill_len + decode_tokens = {positions + 32} is beyond the model's {positions} positions")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(tiny_base / "config.json", broken / "config.json")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    # this error comes back from the measuring process
+    one_line_error(runner.invoke(app, ["bench", str(broken)]), 1, "cannot load its weights")

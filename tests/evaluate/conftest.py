@@ -1,0 +1,61 @@
+import inspect
+
+import pytest
+import torch
+
+import midus
+from midus import Recipe
+from midus.checkpoint import save_model
+from midus.evaluate import MC_TASK, PPL_TASK, write_heldout_tasks
+from midus.evaluate.harness import task_manager
+from midus.load import load_model
+
+TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
+
+
+def stdlib_docstrings() -> list[str]:
+    """Held-out text: docstrings of modules the tiny tokenizer was not trained on."""
+    import argparse, functools, string  # noqa: E401
+
+    docs = {inspect.getdoc(obj) for module in (argparse, functools, string) for _, obj in inspect.getmembers(module)}
+    return sorted(doc for doc in docs if doc and len(doc.split()) >= 30)
+
+
+@pytest.fixture(scope="session")
+def heldout_docs():
+    return stdlib_docstrings()
+
+
+@pytest.fixture(scope="session")
+def midus_folder(tiny_base, tmp_path_factory):
+    """A MIDUS model grown from the tiny base whose memory blocks do something (P made non-zero)."""
+    recipe = Recipe.parse({"base": str(tiny_base), "method": "midus", "new_blocks": 2, "dtype": "float32",
+                           "memory": TINY_MEMORY})
+    model = midus.upscale(str(tiny_base), recipe)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if not param.any():  # the zero-initialised HIVE projections
+                param.normal_(0, 0.05)
+    folder = tmp_path_factory.mktemp("midus") / "model"
+    save_model(model, load_model(str(tiny_base)).tokenizer, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def offline_tasks(heldout_docs, tmp_path_factory):
+    return write_heldout_tasks(heldout_docs[:40], tmp_path_factory.mktemp("tasks"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def manager(offline_tasks):
+    """A task index of the offline tasks alone (lm-eval's own tasks are not indexed)."""
+    manager = task_manager([offline_tasks], tasks=[MC_TASK])
+    assert manager.all_tasks == sorted([MC_TASK, PPL_TASK])
+    return manager
+
+
+@pytest.fixture(scope="session")
+def full_manager(offline_tasks):
+    """lm-eval's whole task index plus the offline tasks (indexing ~14k configs takes seconds: once)."""
+    return task_manager([offline_tasks])
