@@ -11,8 +11,10 @@ TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
 
 
 def grow(base_dir, method="midus", placement="top-heavy", new_blocks=2, **memory):
-    recipe = Recipe.parse({"base": str(base_dir), "method": method, "new_blocks": new_blocks, "placement": placement,
-                           "dtype": "float32", "memory": {**TINY_MEMORY, **memory}})
+    fields = {"base": str(base_dir), "method": method, "new_blocks": new_blocks, "placement": placement, "dtype": "float32"}
+    if method in ("midus", "pkm"):
+        fields["memory"] = {**TINY_MEMORY, **memory}
+    recipe = Recipe.parse(fields)
     return midus.upscale(str(base_dir), recipe).eval()
 
 

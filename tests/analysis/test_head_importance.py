@@ -120,3 +120,13 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)  # ties share their average rank
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_dus_growth_marks_added_attention_heads(tiny_base):
+    """LLaMA Pro copies end in a zeroed o_proj: their attention heads exist but contribute nothing."""
+    model = grow(tiny_base, method="llama-pro")
+    result = head_importance(model, token_batches(windows=2), progress=False)
+    added = [b for b in result.blocks if b.new]
+    assert [(b.layer, b.kind) for b in added] == [(2, "decoder"), (4, "decoder")]
+    assert result.all_memory_removal is None and "memory" not in {b.kind for b in result.blocks}
+    assert all(v == 0 for b in added for v in b.removal + b.gradient)

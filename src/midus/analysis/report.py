@@ -67,12 +67,53 @@ def summary_markdown(analysis: Analysis) -> str:
         "",
     ]
     lines += [f"> {note}" for note in analysis.notes] + ([""] if analysis.notes else [])
+    lines += in_short(analysis)
     lines += importance_section(analysis)
     if analysis.fixed_retrieval is not None:
         lines += fixed_retrieval_section(analysis)
     if analysis.usage is not None:
         lines += usage_section(analysis)
     return "\n".join(lines) + "\n"
+
+
+def in_short(analysis: Analysis) -> list[str]:
+    """The verdicts of the sections below, in a few lines."""
+    importance, lines = analysis.head_importance, []
+    measure = "removal" if any(b.removal is not None for b in importance.blocks) else "gradient"
+    block, head, value = ranking(importance, measure)[0]
+    lines.append(f"- Most important head: block {block.label}, head {head} ({block.kind}), "
+                 f"{'loss +' + format(value, '.4f') + ' when removed' if measure == 'removal' else f'gradient {value:.3g}'}.")
+    if importance.all_memory_removal is not None:
+        lines.append(f"- Memory: {memory_verdict(importance.all_memory_removal)} "
+                     f"(every memory head removed: {fmt(importance.all_memory_removal)} loss).")
+    if analysis.fixed_retrieval is not None and analysis.fixed_retrieval.blocks:
+        lines.append(f"- Projections P_h: {specificity_verdict(analysis.fixed_retrieval)}.")
+    if analysis.usage is not None:
+        for block in analysis.usage.blocks:
+            lines.append(f"- Usage, {usage_verdict(block)}.")
+    if analysis.memory_blocks == 0:
+        lines.append("- No memory blocks: attention-head importance only.")
+    return ["## In short", "", *lines, ""]
+
+
+def memory_verdict(rise: float) -> str:
+    if rise > NEGLIGIBLE_LOSS:
+        return "the memory output lowers the loss"
+    if rise < -NEGLIGIBLE_LOSS:
+        return "the memory output raises the loss: the model does better without it"
+    return "the memory output does not change the loss, whatever slots it retrieves (projections at or near zero: untrained?)"
+
+
+def specificity_verdict(result) -> str:
+    specific = [b.head_specificity for b in result.blocks if b.head_specificity is not None]
+    if not specific:
+        return (f"head-specificity undefined: removing a block's memory output does not raise the loss (by more than "
+                f"{NEGLIGIBLE_LOSS:g}), as with projections at or near zero (an untrained MIDUS model)")
+    mean = sum(specific) / len(specific)
+    kind = ("head-specific: realising a head's latent through another head's projection loses most of the memory's "
+            "effect" if mean >= 0.75 else "partly head-specific" if mean >= 0.25 else
+            "interchangeable across heads: the heads' P_h could be shared")
+    return f"mean head-specificity {mean:.2f} over {len(specific)} block(s): the value realisation is {kind}"
 
 
 def importance_section(analysis: Analysis) -> list[str]:
@@ -114,11 +155,8 @@ def importance_section(analysis: Analysis) -> list[str]:
         lines.append(f"- {negligible} of {len(removals)} heads change the loss by less than {NEGLIGIBLE_LOSS:g} when removed; "
                      f"removing {negative} lowers it.")
         if result.all_memory_removal is not None:
-            verdict = ("the memory output lowers the loss" if result.all_memory_removal > NEGLIGIBLE_LOSS else
-                       "the memory output raises the loss: the model does better without it"
-                       if result.all_memory_removal < -NEGLIGIBLE_LOSS else
-                       "the memory output does not matter (zero or untrained projections?)")
-            lines.append(f"- Removing every memory head at once: {fmt(result.all_memory_removal)} loss: {verdict}.")
+            lines.append(f"- Removing every memory head at once: {fmt(result.all_memory_removal)} loss: "
+                         f"{memory_verdict(result.all_memory_removal)}.")
         rho = result.rank_correlation.get("all")
         if rho is not None:
             agreement = "ranks heads like removal" if rho >= 0.7 else "roughly follows removal" if rho >= 0.4 \
@@ -146,18 +184,12 @@ def fixed_retrieval_section(analysis: Analysis) -> list[str]:
     lines += table(["block", "no memory Δ", "identity Δ", "permuted Δ (mean)", "mean-P Δ", "head-specificity",
                     "mean-P / no memory"], rows) + [""]
     identity = max(abs(v.delta) for b in result.blocks for v in b.variants if v.kind == "identity")
-    lines.append(f"- Identity permutation: largest |Δ| {identity:.2g} (replaying the recorded retrieval reproduces the model).")
-    specific = [b.head_specificity for b in result.blocks if b.head_specificity is not None]
-    if not specific:
-        lines.append(f"- Removing a block's memory output does not raise the loss (by more than {NEGLIGIBLE_LOSS:g}), so "
-                     "head-specificity is undefined (projections at or near zero: an untrained MIDUS model?).")
-    else:
-        mean = sum(specific) / len(specific)
-        verdict = ("head-specific: realising a head's latent through another head's projection loses most of the "
-                   "memory's effect" if mean >= 0.75 else
-                   "partly head-specific" if mean >= 0.25 else "interchangeable across heads: the heads' P_h could be shared")
-        lines.append(f"- Mean head-specificity {mean:.2f}: the value realisation is {verdict}.")
-        shared = [b.shared_specificity for b in result.blocks if b.shared_specificity is not None]
+    replay = ("replaying the recorded retrieval reproduces the model" if identity < 1e-6 else
+              "the replay does not reproduce the model exactly: low precision or a non-deterministic model")
+    lines.append(f"- Identity permutation: largest |Δ| {identity:.2g}: {replay}.")
+    lines.append(f"- Projections P_h: {specificity_verdict(result)}.")
+    shared = [b.shared_specificity for b in result.blocks if b.shared_specificity is not None]
+    if shared:
         lines.append(f"- One shared projection (the mean of the P_h) loses {sum(shared) / len(shared):.2f} "
                      "of the memory's effect on average.")
     if result.value_retraining is not None:
@@ -196,20 +228,24 @@ def usage_section(analysis: Analysis) -> list[str]:
                      f"{mean('mean_max_weight'):.3f}", f"{mean('normalized_weight_entropy'):.3f}"])
     lines += table(["block", "slots/head", "k", "slots used", "at most (N·k/S)", "used by any head", "usage entropy",
                     "mean Jaccard", "mean max weight", "weight entropy"], rows) + [""]
-    for block in result.blocks:
-        used = sum(h.share_used for h in block.heads) / len(block.heads)
-        reachable = min(1.0, block.tokens * block.topk / block.slots)
-        entropy = sum(h.normalized_entropy for h in block.heads) / len(block.heads)
-        weight = sum(h.mean_max_weight for h in block.heads) / len(block.heads)
-        if used >= 0.5 * reachable:
-            breadth = f"uses its memory broadly ({share(used)} of slots per head, of {share(reachable)} reachable with {block.tokens:,} tokens)"
-        elif used >= 0.1 * reachable:
-            breadth = f"uses part of its memory ({share(used)} of slots per head, of {share(reachable)} reachable)"
-        else:
-            breadth = f"uses few slots ({share(used)} per head, of {share(reachable)} reachable): most of the memory is idle"
-        spread = "evenly" if entropy >= 0.9 else "unevenly" if entropy >= 0.6 else "very unevenly (a few slots dominate)"
-        peaked = ("one slot dominates each lookup" if weight >= 0.8 else
-                  "weights near uniform over the top-k" if weight <= 2 / block.topk else "weights spread over a few slots")
-        overlap = "" if block.mean_jaccard is None else f"; heads overlap with Jaccard {block.mean_jaccard:.2f}"
-        lines.append(f"- {block.label}: {breadth}, {spread}; {peaked} (mean max weight {weight:.2f}){overlap}.")
+    lines += [f"- {usage_verdict(block)}." for block in result.blocks]
     return lines + [""]
+
+
+def usage_verdict(block) -> str:
+    """One block's usage in words: breadth (of the slots its tokens could reach), evenness, peakedness, overlap."""
+    used = sum(h.share_used for h in block.heads) / len(block.heads)
+    reachable = min(1.0, block.tokens * block.topk / block.slots)
+    entropy = sum(h.normalized_entropy for h in block.heads) / len(block.heads)
+    weight = sum(h.mean_max_weight for h in block.heads) / len(block.heads)
+    if used >= 0.5 * reachable:
+        breadth = f"retrieves broadly ({share(used)} of slots per head; {share(reachable)} reachable with {block.tokens:,} tokens)"
+    elif used >= 0.1 * reachable:
+        breadth = f"retrieves part of its memory ({share(used)} of slots per head; {share(reachable)} reachable)"
+    else:
+        breadth = f"retrieves few slots ({share(used)} per head; {share(reachable)} reachable): most of the memory is idle"
+    spread = "evenly" if entropy >= 0.9 else "unevenly" if entropy >= 0.6 else "very unevenly (a few slots dominate)"
+    peaked = ("one slot dominates each lookup" if weight >= 0.8 else
+              "weights near uniform over the top-k" if weight <= 2 / block.topk else "weights spread over a few slots")
+    overlap = "" if block.mean_jaccard is None else f"; heads overlap with Jaccard {block.mean_jaccard:.2f}"
+    return f"block {block.label} {breadth}, {spread}; {peaked} (mean max weight {weight:.2f}){overlap}"
