@@ -112,7 +112,10 @@ def test_report_covers_every_block_and_head(grown):
     assert all(len(b.removal) == len(b.gradient) == len(b.taylor) == 4 for b in result.blocks)
     assert all(g >= 0 for b in result.blocks for g in b.gradient)
     assert result.tokens == 2 * 23
-    assert set(result.rank_correlation) == {"all", "memory", "attention"}
+    for correlations in result.rank_correlation.values():
+        assert set(correlations) == {"all", "memory", "attention"}
+        assert all(rho is None or -1 <= rho <= 1 for rho in correlations.values())
+    assert set(result.rank_correlation) == {"gradient_vs_abs_removal", "taylor_vs_removal"}
 
 
 def test_spearman():

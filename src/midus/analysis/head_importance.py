@@ -39,8 +39,9 @@ class HeadImportance(BaseModel):
     tokens: int = Field(description="scored tokens")
     all_memory_removal: float | None = Field(description="loss rise with every memory head removed (None: no memory block)")
     blocks: list[BlockImportance]
-    rank_correlation: dict[str, float | None] = Field(
-        description="Spearman correlation of `gradient` with `removal` over all, memory and attention heads")
+    rank_correlation: dict[str, dict[str, float | None]] = Field(
+        description="Spearman correlations over all / memory / attention heads: gradient_vs_abs_removal "
+                    "(gradient with |removal|) and taylor_vs_removal (signed); empty without removal")
 
     model_config = {"populate_by_name": True}
 
@@ -107,14 +108,16 @@ def removal_importance(model, stack: list[Block], batches, baseline: float, prog
     return per_head, per_block, all_memory
 
 
-def correlations(results: list[BlockImportance]) -> dict[str, float | None]:
+def correlations(results: list[BlockImportance]) -> dict[str, dict[str, float | None]]:
+    """Spearman correlations over all, memory and attention heads: the gradient estimate with the size
+    of the removal effect, and the signed first-order estimate with the signed removal."""
     groups = {"all": results, "memory": [r for r in results if r.kind == "memory"],
               "attention": [r for r in results if r.kind != "memory"]}
-    out = {}
+    out = {"gradient_vs_abs_removal": {}, "taylor_vs_removal": {}}
     for name, group in groups.items():
         removal = [v for r in group for v in r.removal]
-        gradient = [v for r in group for v in r.gradient]
-        out[name] = spearman(gradient, removal)
+        out["gradient_vs_abs_removal"][name] = spearman([v for r in group for v in r.gradient], [abs(v) for v in removal])
+        out["taylor_vs_removal"][name] = spearman([v for r in group for v in r.taylor], removal)
     return out
 
 

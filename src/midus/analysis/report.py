@@ -157,12 +157,16 @@ def importance_section(analysis: Analysis) -> list[str]:
         if result.all_memory_removal is not None:
             lines.append(f"- Removing every memory head at once: {fmt(result.all_memory_removal)} loss: "
                          f"{memory_verdict(result.all_memory_removal)}.")
-        rho = result.rank_correlation.get("all")
-        if rho is not None:
+        magnitude, signed = (result.rank_correlation[k] for k in ("gradient_vs_abs_removal", "taylor_vs_removal"))
+        if magnitude["all"] is not None:
+            rho = magnitude["all"]
             agreement = "ranks heads like removal" if rho >= 0.7 else "roughly follows removal" if rho >= 0.4 \
                 else "ranks heads poorly: trust the removal measure"
-            per_kind = ", ".join(f"{k} {v:.2f}" for k, v in result.rank_correlation.items() if k != "all" and v is not None)
-            lines.append(f"- The gradient estimate {agreement} (Spearman ρ = {rho:.2f}" + (f"; {per_kind}" if per_kind else "") + ").")
+            per_kind = "".join(f"; {k} {v:.2f}" for k, v in magnitude.items() if k != "all" and v is not None)
+            lines.append(f"- The gradient estimate {agreement} (Spearman ρ with |removal| {rho:.2f}{per_kind}).")
+        if signed["all"] is not None:
+            lines.append(f"- The signed first-order estimate -dL/dmask_h against the signed removal: ρ = {signed['all']:.2f} "
+                         "(removal is a large step: where they differ, the loss is far from linear in the mask).")
     return lines + [""]
 
 
