@@ -28,7 +28,9 @@ class ProductKeys(nn.Module):
     def forward(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query [N, H, d_k] -> slots [N, H, k], weights [N, H, k] (softmax over the k scores)."""
         scores, slots = product_key_topk(query, self.keys.to(query.dtype), self.topk)
-        return slots, scores.float().softmax(-1).to(query.dtype)
+        # softmax in at least fp32 (bf16 scores would round the weights)
+        weights = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
+        return slots, weights.to(query.dtype)
 
 
 class HeadwiseMemoryLayer(nn.Module):
