@@ -52,7 +52,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .checkpoint import load_config
-from .errors import UsageError
+from .errors import MidusError, UsageError
 from .model.hml import HeadwiseMemoryLayer, ProductKeyMemory
 from .parameters import count_parameters
 from .recipe import Recipe
@@ -76,7 +76,12 @@ def inspect(name: str, *, base: str | None = None, trainable: str = "all", conte
         recipe = Recipe.from_yaml(name)
         if base is not None:
             recipe = Recipe.parse({**recipe.model_dump(exclude_none=True), "base": base}, source=name)
-        model = grow_on_meta(recipe, load_config(recipe.base))
+        try:
+            config = load_config(recipe.base)
+        except MidusError as error:
+            raise MidusError(f"{error}; to inspect the recipe on a local copy of the base's config.json, "
+                             "pass --base FOLDER") from None
+        model = grow_on_meta(recipe, config)
     else:
         if base is not None:
             raise UsageError("--base applies to a recipe, not to a model")
