@@ -170,6 +170,7 @@ def bench(
     repeats: int = typer.Option(5, "--repeats", min=1, help="timed runs (median and spread)"),
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
     seed: int = typer.Option(0, "--seed"),
+    base: str = typer.Option(None, "--base", help="recipes only: grow them on this base instead (e.g. a folder with just its config.json)"),
     in_process: bool = typer.Option(False, "--in-process", help="measure every model in this process (faster; no CPU memory figures)"),
 ):
     """Parameters, peak memory, training step time, prefill and decode latency, models side by side."""
@@ -177,7 +178,7 @@ def bench(
 
     settings = BenchSettings(device=device, dtype=dtype, batch_size=batch_size, train_seq_len=seq_len,
                              prefill_len=prefill_len, decode_tokens=decode_tokens, warmup=warmup, repeats=repeats,
-                             threads=threads, seed=seed)
+                             threads=threads, seed=seed, base=base)
     report = run_bench(models, settings, reference=reference, isolate=not in_process)
     if out is not None:
         for path in write_bench(report, out):

@@ -37,20 +37,28 @@ def is_recipe(name: str) -> bool:
     return Path(name).suffix in (".yaml", ".yml")
 
 
-def check_model_name(name: str) -> int:
+def read_recipe(name: str, base: str | None = None) -> Recipe:
+    """The recipe YAML `name`, grown on `base` instead of its own base when given (e.g. a folder
+    holding just the base's config.json, for a hub base that cannot be downloaded here)."""
+    recipe = Recipe.from_yaml(name)
+    return recipe if base is None else Recipe.parse({**recipe.model_dump(exclude_none=True), "base": base}, source=name)
+
+
+def check_model_name(name: str, base: str | None = None) -> int:
     """Fail fast, before any slow work: a missing folder or recipe file, an invalid recipe, a config
     that cannot be had. Returns the model's positions (max_position_embeddings; 0 if it has none)."""
-    config = load_config(Recipe.from_yaml(name).base if is_recipe(name) else name)  # growth keeps positions
+    config = load_config(read_recipe(name, base).base if is_recipe(name) else name)  # growth keeps positions
     return int(getattr(config, "max_position_embeddings", 0) or 0)
 
 
 def load_model(name: str, *, dtype: str = "float32", device: str = "cpu", allow_random: bool = False,
-               seed: int = 0) -> LoadedModel:
-    """Load `name` (folder, hub id or recipe YAML); `allow_random` permits random weights at real shapes."""
+               seed: int = 0, base: str | None = None) -> LoadedModel:
+    """Load `name` (folder, hub id or recipe YAML; `base` overrides a recipe's base); `allow_random`
+    permits random weights at real shapes."""
     if dtype not in DTYPES:
         raise MidusError(f"dtype {dtype!r}: valid: {', '.join(DTYPES)}")
     if is_recipe(name):
-        loaded = _grow_recipe(name, dtype, allow_random, seed)
+        loaded = _grow_recipe(name, read_recipe(name, base), dtype, allow_random, seed)
     else:
         loaded = _load_pretrained(name, dtype, allow_random, seed)
     loaded.model.to(device=device, dtype=DTYPES[dtype])
@@ -79,10 +87,9 @@ def _load_pretrained(name: str, dtype: str, allow_random: bool, seed: int) -> Lo
     return LoadedModel(name, model, _tokenizer(source), kind, "random", recipe, base_parameters)
 
 
-def _grow_recipe(name: str, dtype: str, allow_random: bool, seed: int) -> LoadedModel:
+def _grow_recipe(name: str, recipe: Recipe, dtype: str, allow_random: bool, seed: int) -> LoadedModel:
     from .upscale import grow_on_meta, upscale
 
-    recipe = Recipe.from_yaml(name)
     config = load_config(recipe.base)
     base_parameters = _parameters_of(recipe.base, config)
     tokenizer = _tokenizer(resolve(recipe.base))
@@ -140,4 +147,5 @@ def max_positions(model: PreTrainedModel) -> int:
     return int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
 
-__all__ = ["LoadedModel", "check_model_name", "load_model", "materialise", "max_positions", "random_model", "is_recipe"]
+__all__ = ["LoadedModel", "check_model_name", "is_recipe", "load_model", "materialise", "max_positions", "random_model",
+           "read_recipe"]

@@ -62,7 +62,7 @@ def bench(names: list[str], settings: BenchSettings | None = None, *, reference:
         raise UsageError(f"reference {reference!r} is not among the models; list it as a MODEL too, "
                          f"so that it is measured in the same run")
     for name in names:
-        check_lengths(check_model_name(name), settings, name)
+        check_lengths(check_model_name(name, settings.base), settings, name)
     in_process = functools.partial(measure, memory=torch.device(settings.device).type == "cuda")
     run = run_isolated if isolate else in_process
     with tqdm(names, desc="bench", unit="model") as bar:

@@ -42,6 +42,8 @@ class BenchSettings(BaseModel):
     repeats: int = Field(5, ge=1, description="timed runs; figures are medians over them")
     seed: int = Field(0, description="random weights (where a model has none) and random input tokens")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    base: str | None = Field(None, description="recipes only: grow them on this base instead (e.g. a folder "
+                                               "holding just the base's config.json: random weights)")
 
 
 class Stat(BaseModel):
@@ -233,7 +235,8 @@ def measure(name: str, settings: BenchSettings, *, memory: bool = True) -> Measu
 
 
 def _measure(name: str, settings: BenchSettings, device: torch.device, probe: MemoryProbe) -> Measurement:
-    loaded = load_model(name, dtype=settings.dtype, device=settings.device, allow_random=True, seed=settings.seed)
+    loaded = load_model(name, dtype=settings.dtype, device=settings.device, allow_random=True, seed=settings.seed,
+                        base=settings.base)
     model = loaded.model
     check_lengths(max_positions(model), settings, name)
     generator = torch.Generator().manual_seed(settings.seed)
