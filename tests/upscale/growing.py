@@ -1,7 +1,7 @@
 """Helpers of the upscale tests: tiny bases of every supported family, growing a base by a recipe in one call."""
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config, Qwen3Config
 
 import midus
 from midus import Recipe
