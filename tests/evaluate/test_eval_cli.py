@@ -66,7 +66,7 @@ def test_plain_lm_eval_cli_on_a_saved_midus_folder(midus_folder, offline_tasks, 
         finally:
             print("MIDUS IMPORTED:", any(m == "midus" or m.startswith("midus.") for m in sys.modules))
     """)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MIDUS IMPORTED: False" in done.stdout
