@@ -19,6 +19,7 @@ runner = CliRunner()
     ({"placement": [0, 4]}, ["placement: source blocks [4] out of range", "0..3"]),
     ({"placement": [-1, 2]}, ["out of range"]),
     ({"placement": [1]}, ["lists 1 source blocks but new_blocks is 2"]),
+    ({"placement": [0, 1, 2, 3], "new_blocks": 4}, ["new_blocks=4 must be between 1 and 3"]),
     ({"method": "llama-pro", "memory": {"n_keys": 64}}, ["memory:", "pkm and midus only", "llama-pro"]),
     ({"method": "solar", "new_blocks": 0, "memory": {}}, ["memory:", "pkm and midus only"]),
     ({"method": "solar", "new_blocks": 0, "solar_overlap": 2}, ["solar_overlap=2", "m < L/2"]),

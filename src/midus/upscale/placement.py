@@ -11,14 +11,14 @@ def source_blocks(placement: str | list[int], num_layers: int, new_blocks: int) 
     bottom-heavy: after blocks 0 ... K-1
     """
     L, K = num_layers, new_blocks
+    if not 1 <= K < L:
+        raise RecipeError(f"new_blocks={K} must be between 1 and {L - 1} for a base of {L} blocks")
     if isinstance(placement, list):
         if len(placement) != K:
             raise RecipeError(f"placement lists {len(placement)} source blocks but new_blocks is {K}")
         if bad := [i for i in placement if not 0 <= i < L]:
             raise RecipeError(f"placement: source blocks {bad} out of range; the base has blocks 0..{L - 1}")
         return sorted(placement)
-    if not 1 <= K < L:
-        raise RecipeError(f"new_blocks={K} must be between 1 and {L - 1} for a base of {L} blocks")
     if placement == "distributed":
         return [(j + 1) * L // K - 1 for j in range(K)]
     if placement == "top-heavy":
