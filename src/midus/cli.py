@@ -219,3 +219,23 @@ def analyze(
     for path in paths:
         typer.echo(f"wrote {path}", err=True)
     typer.echo((Path(out) / "summary.md").read_text())
+
+
+@app.command()
+@one_line_errors
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="every stage at a smaller size (about 3 minutes instead of 15)"),
+    out: Path = typer.Option(None, "--out", help="output folder (default runs/demo, or runs/demo-quick); a previous demo's is replaced"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="where the corpus and the base are cached (default $MIDUS_CACHE or ~/.cache/midus)"),
+    recipes: Path = typer.Option(None, "--recipes", help="folder of the tiny recipes the methods grow by (default the repository's recipes/tiny)"),
+):
+    """The whole pipeline on the embedded default: corpus, base, every growth method, equal-token CPT,
+    held-out evaluation, bench; writes results.md, results.json and plots to OUT."""
+    from .demo import preset, run_demo
+
+    command = "midus demo" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
+    out = out or Path("runs") / ("demo-quick" if quick else "demo")
+    report = run_demo(preset("quick" if quick else "default"), out, cache_dir=cache_dir, recipes_dir=recipes, command=command)
+    typer.echo((out / "results.md").read_text())
+    if report.failures():
+        raise typer.Exit(1)

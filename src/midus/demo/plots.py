@@ -1,0 +1,99 @@
+"""The demo's charts: CPT loss curves of every method on one chart, added parameters vs perplexity,
+decode latency bars. Each is written to a temporary name and renamed, so no PNG is ever half-written."""
+
+from pathlib import Path
+
+from .report import NAMES, DemoReport
+
+COLORS = {"none": "tab:gray", "solar": "tab:orange", "llama-pro": "tab:blue", "lesa": "tab:purple",
+          "pkm": "tab:brown", "midus": "tab:red", "base": "black"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    figure.tight_layout()
+    figure.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    return path
+
+
+def loss_curves(report: DemoReport, path: Path) -> Path | None:
+    runs = [r for r in report.main_runs() if r.cpt is not None and r.cpt.curve]
+    if not runs:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for r in runs:
+        color = COLORS.get(r.method)
+        axis.plot(*zip(*r.cpt.curve), color=color, linewidth=1.2, label=f"{NAMES.get(r.method, r.method)} train")
+        if r.cpt.eval_curve:
+            axis.plot(*zip(*r.cpt.eval_curve), "o--", color=color, markersize=4, linewidth=0.8)
+    axis.set_xlabel("CPT tokens")
+    axis.set_ylabel("cross-entropy (nats/token)")
+    axis.set_title("Continued pre-training: training loss (solid), held-out loss (dashed)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def params_vs_perplexity(report: DemoReport, path: Path) -> Path | None:
+    runs = [r for r in report.main_runs() if r.params_added is not None and r.ppl_rolling is not None and r.method != "base"]
+    if not runs:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for r in runs:
+        axis.scatter(r.params_added / 1e3, r.ppl_rolling, s=60, color=COLORS.get(r.method))
+        axis.annotate(NAMES.get(r.method, r.method), (r.params_added / 1e3, r.ppl_rolling), textcoords="offset points",
+                      xytext=(6, 4), fontsize=9)
+    base = next((r for r in report.main_runs() if r.method == "base" and r.ppl_rolling is not None), None)
+    if base is not None:
+        axis.axhline(base.ppl_rolling, color="black", linestyle=":", linewidth=1, label="base before CPT")
+        axis.legend(fontsize=8)
+    axis.set_xlabel("added parameters (thousands)")
+    axis.set_ylabel("held-out perplexity (rolling) ↓")
+    axis.set_title("Added parameters vs held-out perplexity after equal-token CPT")
+    axis.grid(alpha=0.3)
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def latency_bars(report: DemoReport, path: Path) -> Path | None:
+    methods = [m for m in ["base", *report.settings.get("methods", [])] if m in report.bench]
+    if not methods:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figures = [report.bench[m] for m in methods]
+    values = [f.decode_ms_per_token for f in figures]
+    errors = [[f.decode_ms_per_token - f.decode_ms_q1 for f in figures], [f.decode_ms_q3 - f.decode_ms_per_token for f in figures]]
+    axis.bar(range(len(methods)), values, yerr=errors, capsize=4, color=[COLORS.get(m, "tab:blue") for m in methods])
+    axis.set_xticks(range(len(methods)), [NAMES.get(m, m) for m in methods], rotation=15)
+    reference = report.bench.get(report.reference)
+    for i, value in enumerate(values):
+        if reference is not None:
+            axis.annotate(f"{value / reference.decode_ms_per_token:.2f}×", (i, value), ha="center", va="bottom", fontsize=8)
+    axis.set_ylabel("decode latency (ms / token) ↓")
+    axis.set_title("Decode latency with the KV cache (median, interquartile range); × = ratio to LLaMA Pro")
+    axis.grid(alpha=0.3, axis="y")
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def write_plots(report: DemoReport, out_dir: Path) -> list[Path]:
+    made = [loss_curves(report, out_dir / "cpt_loss.png"), params_vs_perplexity(report, out_dir / "params_vs_ppl.png"),
+            latency_bars(report, out_dir / "latency.png")]
+    return [p for p in made if p is not None]
