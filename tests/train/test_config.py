@@ -12,7 +12,7 @@ from midus.cli import app
 from midus.errors import MidusError, UsageError
 from midus.train import TrainConfig, TrainConfigError, train
 from midus.train.config import parse_override
-from train_helpers import tiny_config, write_config
+from train_helpers import tiny_config
 
 VALID = {"model": "m", "output_dir": "out", "data": {"files": ["a.txt"]}, "max_steps": 10}
 

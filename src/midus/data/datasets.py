@@ -14,6 +14,7 @@ import datasets
 import torch
 from datasets import Dataset, IterableDataset
 
+from ..checkpoint import first_line
 from ..errors import UsageError
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss
@@ -82,10 +83,6 @@ def check_fields(documents, fields: list[str], source: str) -> None:
         columns = list(first)
     if missing := [f for f in fields if f not in columns]:
         raise DataError(f"data {source}: no field {missing[0]!r}; its fields are {', '.join(columns)}")
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # --- tokenizing ------------------------------------------------------------------------------------

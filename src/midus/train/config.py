@@ -14,6 +14,7 @@ from ..recipe import describe_validation_error
 
 # Fields that do not change what a run computes: a run folder may be resumed with other values.
 RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers")
+RUNTIME_DATA_FIELDS = ("cache_dir", "num_proc")
 
 
 class TrainConfigError(UsageError):
@@ -143,7 +144,7 @@ class TrainConfig(Strict):
 
     def identity(self) -> dict:
         """What defines the run: everything but the runtime fields."""
-        return self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS))
+        return self.model_dump(mode="json", exclude={**dict.fromkeys(RUNTIME_FIELDS, True), "data": set(RUNTIME_DATA_FIELDS)})
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]

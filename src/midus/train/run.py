@@ -82,7 +82,8 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
             raise UsageError(f"report_to: {name} is not installed (pip install {name})")
     if config.fsdp and not torch.accelerator.is_available():
         raise UsageError("fsdp: true shards over GPUs and this machine has none; on CPU, run without fsdp (DDP)")
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.root / "tensorboard"))  # not in the staging folder
+    if "tensorboard" in config.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.root / "tensorboard")  # not in the staging folder
     evaluate = config.data.eval_sequences > 0
     return TrainingArguments(
         output_dir=str(run.staging),  # checkpoints are written here, then renamed into the run folder
