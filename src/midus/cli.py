@@ -122,7 +122,7 @@ def eval_(
     ppl_kind: Annotated[list[str], typer.Option("--ppl-kind", help="rolling and/or document (default: both)")] = [],
     max_documents: int = typer.Option(None, "--max-documents", min=1, help="perplexity on the first N documents only"),
     max_length: int = typer.Option(None, "--max-length", help="perplexity window / truncation in tokens (default: min(2048, the model's positions))"),
-    stride: int = typer.Option(512, "--stride", min=1, help="rolling perplexity: tokens the window advances by"),
+    stride: int = typer.Option(None, "--stride", min=1, help="rolling perplexity: tokens the window advances by (default: half the window)"),
     limit: float = typer.Option(None, "--limit", help="lm-eval: documents per task (a number < 1: a fraction)"),
     num_fewshot: int = typer.Option(None, "--num-fewshot", help="lm-eval: few-shot examples (default: each task's own, 0 for most)"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),

@@ -46,6 +46,8 @@ def evaluate_models(names: list[str], settings: EvalSettings) -> EvalReport:
         raise UsageError(f"perplexity kind {unknown[0]!r}: valid: {', '.join(KINDS)}")
     if settings.headline not in HEADLINES:
         raise UsageError(f"headline {settings.headline!r}: valid: {', '.join(HEADLINES)}")
+    if settings.ppl_stride and settings.ppl_max_length and settings.ppl_stride > settings.ppl_max_length:
+        raise UsageError(f"stride {settings.ppl_stride}: must be between 1 and the window length {settings.ppl_max_length}")
     for name in names:
         positions = check_model_name(name)
         if settings.ppl_data is not None and settings.ppl_max_length and positions and settings.ppl_max_length > positions:

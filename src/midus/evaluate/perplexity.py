@@ -5,7 +5,7 @@ rolling   Token-level perplexity of one text stream (the documents joined by a b
           tokens the previous windows did not, so with stride < max_length every token is scored once,
           with at least `max_length - stride` tokens of context (fewer only at the start). With
           stride == max_length (no overlap) a window's first token has no context and is not scored,
-          as in the transformers documentation's recipe.
+          as in the transformers documentation's recipe. Default stride: half the window.
               PPL = exp( sum_t NLL_t / T )
 document  The paper's Wiki-PPL: every document on its own, truncated to `max_length` tokens,
               PPL = mean_d exp( mean_{t in d} NLL_t )
@@ -89,9 +89,10 @@ def rolling_windows(total: int, max_length: int, stride: int) -> list[tuple[int,
 
 
 def rolling_perplexity(model, tokenizer, documents: list[str], *, max_length: int | None = None,
-                       stride: int = 512, batch_size: int = 4, add_bos: bool = True, separator: str = "\n\n",
+                       stride: int | None = None, batch_size: int = 4, add_bos: bool = True, separator: str = "\n\n",
                        progress: bool = True) -> Perplexity:
     max_length = check_length(model, max_length)
+    stride = stride or max(1, max_length // 2)
     if not 1 <= stride <= max_length:
         raise UsageError(f"stride {stride}: must be between 1 and the window length {max_length}")
     stream = _prefix(tokenizer, add_bos) + tokenizer(separator.join(documents), add_special_tokens=False)["input_ids"]

@@ -30,7 +30,7 @@ def is_fraction(metric: str) -> bool:
 class EvalSettings(BaseModel):
     tasks: list[str] = Field(default_factory=list, description="task names / presets as requested")
     include_paths: list[str] = Field(default_factory=list, description="extra lm-eval task folders")
-    limit: float | None = Field(None, description="documents per task (lm-eval --limit); None: all")
+    limit: int | float | None = Field(None, description="documents per task (lm-eval --limit; < 1: a fraction); None: all")
     num_fewshot: int | None = Field(None, description="None: each task's own default (0 for most)")
     batch_size: int = 8
     headline: str = "auto"
@@ -39,7 +39,7 @@ class EvalSettings(BaseModel):
     ppl_data: TextSource | None = Field(None, description="perplexity text; None: no perplexity")
     ppl_kinds: list[str] = Field(default_factory=lambda: ["rolling", "document"])
     ppl_max_length: int | None = Field(None, description="window / truncation; None: min(2048, positions)")
-    ppl_stride: int = 512
+    ppl_stride: int | None = Field(None, description="rolling window advance; None: half the window")
     seed: int = 0
 
 
@@ -86,13 +86,16 @@ def eval_markdown(report: EvalReport) -> str:
         cells += [f"{100 * m.average:.2f}" if m.average is not None else ""] if tasks else []
         lines.append("| " + " | ".join(cells) + " |")
     s = report.settings
-    notes = [f"Accuracies in %, ± standard error; headline metric in brackets (rule: {s.headline}). "
-             f"limit={s.limit}, batch size {s.batch_size}, device {s.device}, dtype {s.dtype}."]
+    notes = [f"Device {s.device}, dtype {s.dtype}, batch size {s.batch_size}."]
+    if tasks:
+        notes.append(f"Accuracies in %, ± standard error; headline metric in brackets (rule: {s.headline}); "
+                     f"lm-eval limit {s.limit if s.limit is not None else 'none'}, few-shot "
+                     f"{s.num_fewshot if s.num_fewshot is not None else 'task default'}.")
     if kinds:
         m = next(m for m in report.models if m.perplexity)
         p = next(iter(m.perplexity.values()))
         notes.append(f"Perplexity on {s.ppl_data.describe() if s.ppl_data else '?'}: {p.documents} documents, "
-                     f"window/truncation {p.max_length} tokens" + (f", stride {s.ppl_stride}" if "rolling" in kinds else "") + ".")
+                     f"window/truncation {p.max_length} tokens" + (f", stride {m.perplexity['rolling'].stride}" if "rolling" in m.perplexity else "") + ".")
     detail = _metric_table(report) if tasks else []
     return "\n".join(lines + [""] + notes + ([""] + detail if detail else [])) + "\n"
 
