@@ -6,7 +6,7 @@ import torch
 import midus
 from midus import Recipe
 from midus.checkpoint import save_model
-from midus.evaluate import MC_TASK, PPL_TASK, write_heldout_tasks
+from midus.evaluate import MC_TASK, PPL_TASK, TAG, write_heldout_tasks
 from midus.evaluate.harness import task_manager
 from midus.load import load_model
 
@@ -51,7 +51,7 @@ def offline_tasks(heldout_docs, tmp_path_factory):
 def manager(offline_tasks):
     """A task index of the offline tasks alone (lm-eval's own tasks are not indexed)."""
     manager = task_manager([offline_tasks], tasks=[MC_TASK])
-    assert manager.all_tasks == sorted([MC_TASK, PPL_TASK])
+    assert manager.all_tasks == sorted([MC_TASK, PPL_TASK, TAG])
     return manager
 
 

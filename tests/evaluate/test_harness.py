@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from midus.errors import MidusError, UsageError
-from midus.evaluate import MC_TASK, PRESETS, heldout_choice_items, run_tasks
+from midus.evaluate import MC_TASK, PPL_TASK, PRESETS, heldout_choice_items, run_tasks
 from midus.evaluate.harness import expand, load_tasks, resolve_tasks
 from midus.load import load_model
 
@@ -71,3 +71,12 @@ def test_task_whose_data_needs_the_network_is_one_line_error_offline(full_manage
     with pytest.raises(MidusError, match=r"task piqa: its data needs the network, which is offline") as error:
         load_tasks(["piqa"], full_manager)
     assert "\n" not in str(error.value)
+
+
+def test_a_tag_reports_each_of_its_tasks(midus_folder, manager):
+    loaded = load_model(str(midus_folder))
+    rows, _ = run_tasks(loaded.model, loaded.tokenizer, ["midus_heldout"], limit=3, manager=manager)
+    assert sorted(row.task for row in rows) == sorted([MC_TASK, PPL_TASK])
+    ppl = next(row for row in rows if row.task == PPL_TASK)
+    assert {"word_perplexity", "byte_perplexity", "bits_per_byte"} <= set(ppl.metrics)
+    assert ppl.headline == "word_perplexity" and ppl.value > 1

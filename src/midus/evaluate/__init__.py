@@ -9,7 +9,7 @@ from ..errors import UsageError
 from ..load import check_model_name, load_model
 from ..parameters import count_parameters
 from .harness import HEADLINES, PRESETS, TaskResult, load_tasks, resolve_tasks, run_tasks, task_manager
-from .offline import MC_TASK, PPL_TASK, heldout_choice_items, write_heldout_tasks
+from .offline import MC_TASK, PPL_TASK, TAG, heldout_choice_items, write_heldout_tasks
 from .perplexity import KINDS, Perplexity, document_perplexity, perplexities, rolling_perplexity
 from .report import EvalReport, EvalSettings, ModelEval, is_fraction
 from .texts import TextSource, load_documents
@@ -79,7 +79,7 @@ def write_report(report, out_dir: str | Path, stem: str) -> list[Path]:
 
 
 __all__ = [
-    "EvalReport", "EvalSettings", "MC_TASK", "ModelEval", "PPL_TASK", "PRESETS", "Perplexity", "TaskResult",
+    "EvalReport", "EvalSettings", "MC_TASK", "ModelEval", "PPL_TASK", "PRESETS", "Perplexity", "TAG", "TaskResult",
     "TextSource", "document_perplexity", "evaluate_model", "evaluate_models", "heldout_choice_items",
     "load_documents", "perplexities", "rolling_perplexity", "run_tasks", "write_heldout_tasks", "write_report",
 ]

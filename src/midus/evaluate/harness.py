@@ -79,10 +79,11 @@ def resolve_tasks(names: list[str], manager) -> list[str]:
     return tasks
 
 
-def load_tasks(tasks: list[str], manager) -> list:
+def load_tasks(tasks: list[str], manager) -> tuple[list, list[str]]:
     """lm-eval Task/Group objects, loaded one name at a time so that a task whose data cannot be had
-    (offline hub, missing file) is named in a one-line error before any model runs."""
-    loaded = []
+    (offline hub, missing file) is named in a one-line error before any model runs; and the names
+    to report (a tag stands for its tasks: lm-eval reports those, not the tag)."""
+    loaded, rows = [], []
     for task in tasks:
         try:
             result = manager.load([task])
@@ -91,9 +92,15 @@ def load_tasks(tasks: list[str], manager) -> list:
                              f"(HF_HUB_OFFLINE=1 or no connection): {first_line(error)}") from None
         except (FileNotFoundError, OSError, ValueError, ImportError) as error:
             raise MidusError(f"task {task}: cannot load its data ({first_line(error)})") from None
-        top = result.get("groups", {}).get(task) or result["tasks"].get(task)
-        loaded.extend([top] if top is not None else result["tasks"].values())  # a tag: its tasks
-    return loaded
+        top = result.get("groups", {}).get(task)
+        top = result["tasks"].get(task) if top is None else top
+        if top is None:  # a tag
+            loaded.extend(result["tasks"].values())
+            rows.extend(result["tasks"])
+        else:
+            loaded.append(top)
+            rows.append(task)
+    return loaded, rows
 
 
 def harness_model(model, tokenizer, batch_size: int = 8, max_length: int | None = None):
@@ -115,23 +122,22 @@ def run_tasks(model, tokenizer, names: list[str], *, include_paths=(), limit: in
     if headline not in HEADLINES:
         raise UsageError(f"headline {headline!r}: valid: {', '.join(HEADLINES)}")
     manager = manager or task_manager(include_paths, names)
-    tasks = resolve_tasks(names, manager)
-    loaded = load_tasks(tasks, manager)
+    loaded, rows = load_tasks(resolve_tasks(names, manager), manager)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     raw = simple_evaluate(
         model=harness_model(model, tokenizer, batch_size), tasks=loaded, task_manager=manager, limit=limit,
         num_fewshot=num_fewshot, log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
         torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000,
     )
-    return [task_result(task, raw, headline) for task in tasks], raw
+    return [task_result(task, raw, headline) for task in rows], raw
 
 
 def task_result(task: str, raw: dict, headline: str = "auto") -> TaskResult:
     """One row from lm-eval's results: every metric with its stderr, and the headline metric
     (`auto`: acc_norm where the task reports it, else acc, else its first metric)."""
     row = raw["results"].get(task) or raw.get("groups", {}).get(task)
-    if row is None:  # a tag: lm-eval reports its tasks, not the tag
-        raise MidusError(f"task {task}: lm-eval returned no results for it (a tag? name its tasks instead)")
+    if row is None:
+        raise MidusError(f"task {task}: lm-eval returned no results for it")
     metrics = {}
     for key, value in row.items():
         if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):

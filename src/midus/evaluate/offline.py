@@ -5,6 +5,7 @@
 places from *other* passages; the model should give the true continuation the highest likelihood.
 Whitespace is collapsed to single spaces everywhere, so line breaks give nothing away.
 `midus_heldout_ppl`: lm-eval's rolling log-likelihood of the same documents (word/byte perplexity).
+The tag `midus_heldout` names both.
 
 Everything is deterministic for a given document list and seed.
 """
@@ -20,6 +21,7 @@ from .tasks import TEMPLATES
 
 MC_TASK = "midus_heldout_mc"
 PPL_TASK = "midus_heldout_ppl"
+TAG = "midus_heldout"  # both
 
 
 def heldout_choice_items(documents: list[str], *, choices: int = 4, context_words: int = 32,
