@@ -30,8 +30,8 @@ def run_isolated(name: str, settings: BenchSettings) -> Measurement:
             raise MidusError(f"{name}: the measuring process failed ({tail})")
         payload = json.loads(result.read_text())
     if "error" in payload:
-        error = UsageError(payload["error"]) if payload["exit_code"] == UsageError.exit_code else MidusError(payload["error"])
-        raise error
+        kind = UsageError if payload["exit_code"] == UsageError.exit_code else MidusError
+        raise kind(payload["error"])
     return Measurement.model_validate(payload["measurement"])
 
 

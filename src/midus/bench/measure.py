@@ -159,10 +159,12 @@ def repeat(run, settings: BenchSettings, device: torch.device) -> list[float]:
 
 # ---------------------------------------------------------------------------------------- phases
 def check_lengths(positions: int, settings: BenchSettings, name: str) -> None:
-    needed = {"train_seq_len": settings.train_seq_len, "prefill_len + decode_tokens": settings.prefill_len + settings.decode_tokens}
+    needed = {"train_seq_len": settings.train_seq_len,
+              "prefill_len + decode_tokens": settings.prefill_len + settings.decode_tokens}
     for what, length in needed.items():
         if positions and length > positions:
-            raise UsageError(f"{name}: {what} = {length} is beyond the model's {positions} positions (max_position_embeddings)")
+            raise UsageError(f"{name}: {what} = {length} is beyond the model's {positions} positions "
+                             "(max_position_embeddings)")
 
 
 def inference_runs(model, ids: torch.Tensor, settings: BenchSettings, device) -> tuple[list[float], list[float]]:
@@ -207,7 +209,6 @@ def training_runs(model, ids: torch.Tensor, settings: BenchSettings, device) -> 
         return repeat(step, settings, device)
     finally:
         model.eval()
-        del optimizer
 
 
 def added_parameters(loaded: LoadedModel) -> int | None:

@@ -104,7 +104,7 @@ def rolling_perplexity(model, tokenizer, documents: list[str], *, max_length: in
     for start in range(0, len(windows), batch_size):
         batch = windows[start: start + batch_size]
         nlls = token_nll(model, [stream[b:e] for b, e, _ in batch], _pad_id(tokenizer))
-        for (begin, end, first), nll in zip(batch, nlls):
+        for (begin, _, first), nll in zip(batch, nlls):
             scored = nll[first - begin - 1:]  # targets first..end-1 sit at positions first-1-begin.. of nll
             total_nll += scored.double().sum().item()
             count += scored.numel()

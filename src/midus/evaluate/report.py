@@ -94,8 +94,9 @@ def eval_markdown(report: EvalReport) -> str:
     if kinds:
         m = next(m for m in report.models if m.perplexity)
         p = next(iter(m.perplexity.values()))
+        stride = f", stride {m.perplexity['rolling'].stride}" if "rolling" in m.perplexity else ""
         notes.append(f"Perplexity on {s.ppl_data.describe() if s.ppl_data else '?'}: {p.documents} documents, "
-                     f"window/truncation {p.max_length} tokens" + (f", stride {m.perplexity['rolling'].stride}" if "rolling" in m.perplexity else "") + ".")
+                     f"window/truncation {p.max_length} tokens{stride}.")
     detail = _metric_table(report) if tasks else []
     return "\n".join(lines + [""] + notes + ([""] + detail if detail else [])) + "\n"
 
