@@ -1,14 +1,14 @@
 """Training tokens/s of a MIDUS model vs a LLaMA Pro model grown from the same base to the same depth,
 measured side by side in one run, next to the ratio of their FLOPs per token from `midus inspect`.
 
-The base has Llama-3.2-1B width (d 2048, 32 heads, 8 KV heads, d_ff 8192) and few blocks (default 2);
-each method inserts one new block after every base block (2 -> 4). A training step is the one
+The base has Llama-3.2-1B width (d 2048, 32 heads, 8 KV heads, d_ff 8192) and few blocks (default 3);
+each method inserts the same new blocks (default 2, after blocks 0 and 1: 3 -> 5). A training step is the one
 `midus train` takes: forward with labels, backward, gradient clipping, the paper's AdamW groups
 (fused) and their schedules, every parameter trained (so backward costs 2x forward for both models
 and the forward FLOP ratio is the training FLOP ratio). Steps of the two models alternate, round
 after round, so machine noise hits both alike; the figures are medians.
 
-    python benchmarks/train_throughput.py [--base-layers 2] [--seq-len 512] [--batch 1] [--repeats 5]
+    python benchmarks/train_throughput.py [--base-layers 3] [--new-blocks 2] [--seq-len 512] [--batch 1] [--repeats 5]
 """
 
 import argparse
@@ -32,9 +32,9 @@ MEMORY = {"n_keys": 64, "topk": 32, "latent_dim": 64}  # the paper-1b recipe's m
 METHOD_NAMES = {"midus": "MIDUS", "llama-pro": "LLaMA Pro"}
 
 
-def grow(base: Path, method: str, base_layers: int):
-    recipe = midus.Recipe.parse({"base": str(base), "method": method, "new_blocks": base_layers,
-                                 "placement": list(range(base_layers)), "dtype": "float32",
+def grow(base: Path, method: str, new_blocks: int):
+    recipe = midus.Recipe.parse({"base": str(base), "method": method, "new_blocks": new_blocks,
+                                 "placement": "bottom-heavy", "dtype": "float32",
                                  **({"memory": MEMORY} if method == "midus" else {})})
     return midus.upscale(str(base), recipe)
 
@@ -67,7 +67,8 @@ def timed(step) -> tuple[float, float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-layers", type=int, default=2)
+    parser.add_argument("--base-layers", type=int, default=3)
+    parser.add_argument("--new-blocks", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
@@ -82,7 +83,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         base = write_tiny_llama(Path(tmp) / "base", layers=args.base_layers, hidden_size=D, heads=HEADS, kv_heads=KV_HEADS,
                                 intermediate_size=D_FF, max_positions=max(4096, args.seq_len))
-        models = {name: grow(base, method, args.base_layers).to(device) for method, name in METHOD_NAMES.items()}
+        models = {name: grow(base, method, args.new_blocks).to(device) for method, name in METHOD_NAMES.items()}
     config = TrainConfig.parse({"model": "-", "output_dir": "-", "data": {"files": ["-"]}, "max_steps": 1000,
                                 "seq_len": args.seq_len, "lr": 1e-4, "warmup": 10})
     vocab = models["MIDUS"].config.vocab_size
@@ -113,7 +114,7 @@ def main():
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "device": device, "threads": torch.get_num_threads(),
         "shape": {"d": D, "d_ff": D_FF, "heads": HEADS, "kv_heads": KV_HEADS, "vocab": vocab,
-                  "base_layers": args.base_layers, "new_blocks": args.base_layers, "memory": MEMORY,
+                  "base_layers": args.base_layers, "new_blocks": args.new_blocks, "memory": MEMORY,
                   "seq_len": args.seq_len, "batch": args.batch},
         "models": {name: {"layers": [entry["kind"] for entry in model.config.layer_map],
                           "parameters": sum(p.numel() for p in model.parameters()),

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from midus import Recipe
 from midus.tiny import _sample_text
@@ -47,25 +46,10 @@ def tiny_midus(tiny_base, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_grown_llama(tiny_base, tmp_path_factory):
-    """The tiny base with block 1 copied after itself (o_proj and down_proj zeroed, LLaMA Pro style),
-    a plain Llama whose config carries the layer map `midus upscale` writes."""
-    base = AutoModelForCausalLM.from_pretrained(tiny_base)
-    layers = base.model.layers
-    import copy
-
-    new = copy.deepcopy(layers[1])
-    new.self_attn.o_proj.weight.data.zero_()
-    new.mlp.down_proj.weight.data.zero_()
-    layers.insert(2, new)
-    for index, layer in enumerate(layers):
-        layer.self_attn.layer_idx = index
-    base.config.num_hidden_layers = len(layers)
-    base.config.layer_map = [{"kind": "decoder", "source": s, "new": n} for s, n in [(0, False), (1, False), (1, True), (2, False), (3, False)]]
-    out = tmp_path_factory.mktemp("tiny-grown-llama") / "grown"
-    base.save_pretrained(out)
-    (out / "tokenizer.json").write_bytes((Path(tiny_base) / "tokenizer.json").read_bytes())
-    (out / "tokenizer_config.json").write_bytes((Path(tiny_base) / "tokenizer_config.json").read_bytes())
-    return out
+    """The tiny base grown by 2 LLaMA Pro blocks: a plain Llama whose config carries the layer map."""
+    out = tmp_path_factory.mktemp("tiny-llama-pro") / "llama-pro"
+    recipe = Recipe.parse({"base": str(tiny_base), "method": "llama-pro", "new_blocks": 2, "dtype": "float32"})
+    return upscale_to_folder(recipe, out)
 
 
 @pytest.fixture(scope="session")

@@ -104,8 +104,11 @@ def test_new_blocks_training_leaves_every_original_tensor_bit_identical(fixture,
     model_dir = request.getfixturevalue(fixture)
     config = tiny_config(model_dir, tmp_path / "run", {"files": [str(corpus)], "cache_dir": str(tmp_path / "cache"), "eval_sequences": 0},
                          trainable="new-blocks", max_steps=4, save_interval=0)
-    before, after = weights(model_dir), weights(train(config))
-    new_layers = [i for i, entry in enumerate(json.loads((model_dir / "config.json").read_text())["layer_map"]) if entry["new"]]
+    final = train(config)
+    before, after = weights(model_dir), weights(final)
+    source, saved = (json.loads((folder / "config.json").read_text()) for folder in (model_dir, final))
+    assert saved["model_type"] == source["model_type"] and saved["layer_map"] == source["layer_map"]
+    new_layers = [i for i, entry in enumerate(source["layer_map"]) if entry["new"]]
     new = tuple(f"model.layers.{i}." for i in new_layers)
     assert before.keys() == after.keys()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
