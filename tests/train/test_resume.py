@@ -141,8 +141,11 @@ def test_a_folder_with_another_run_is_refused_unless_overwrite(reference_run, tm
     assert (stranger / "notes.txt").read_text() == "mine"
 
 
-def test_runtime_fields_may_change_on_resume(reference_run, tmp_path):
+def test_a_kill_before_the_final_model_is_written_resumes_from_the_last_step(reference_run, tmp_path):
     config, _ = copy_run_config(reference_run, tmp_path, max_steps=4, eval_interval=0)
-    shutil.rmtree(tmp_path / "run", ignore_errors=True)
-    train(config)
-    assert train(config.model_copy(update={"keep_checkpoints": 1})).is_dir()
+    final = train(config)
+    expected, records = load_file(final / "model.safetensors"), logged(config.output_dir)
+    shutil.rmtree(final)  # as if killed after the last checkpoint, before the model folder was renamed into place
+    resumed = train(config.model_copy(update={"keep_checkpoints": 1}))  # runtime fields may change
+    assert logged(config.output_dir) == records
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in load_file(resumed / "model.safetensors").items())

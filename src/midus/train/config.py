@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..errors import UsageError
-from ..recipe import describe_validation_error
+from ..recipe import Strict, describe_validation_error
 
 # Fields that do not change what a run computes: a run folder may be resumed with other values.
 RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers")
@@ -19,10 +19,6 @@ RUNTIME_DATA_FIELDS = ("cache_dir", "num_proc")
 
 class TrainConfigError(UsageError):
     """A training config that cannot be used; the message is one line naming the problem."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataConfig(Strict):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ProgressCallback, TrainerState
 
 from ..checkpoint import DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, resolve, save_model
 from ..data.datasets import build_datasets, collate
@@ -18,7 +19,7 @@ from ..recipe import RECIPE_FILE
 from .config import TrainConfig
 from .metrics import plot_loss
 from .optim import select_trainable
-from .rundir import RunFolder
+from .rundir import RunFolder, checkpoint_step
 from .trainer import MidusTrainer, RunCallback
 
 TRAINABLE_FAMILIES = (*SUPPORTED_MODEL_TYPES, "midus")
@@ -41,14 +42,15 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
         return run.model  # finished before
     with args.main_process_first(desc="tokenize"):
         train_data, eval_data = build_datasets(config.data, tokenizer, config.seq_len, config.seed)
-    model = load_model(config.model)
+    resume = run.last_checkpoint()
+    resume_step = checkpoint_step(resume) if resume else 0
+    finished = resume_step >= config.total_steps  # killed after the last checkpoint: only the model is left to write
+    model = load_model(str(resume) if finished else config.model)
     if config.gradient_checkpointing:
         model.config.use_cache = False
     select_trainable(model, config.trainable)
-
-    resume = run.last_checkpoint()
     if args.should_save:
-        run.truncate_metrics(int(resume.name.split("-")[1]) if resume else 0)
+        run.truncate_metrics(resume_step)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         trainer = MidusTrainer(
@@ -58,8 +60,11 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
         )
         trainer.remove_callback(ProgressCallback)
         probe_memory_kernels(args.device, model.dtype)
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        if eval_data is not None and not evaluated_at(trainer.state, trainer.state.global_step):
+        if finished:
+            trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME))
+        else:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if eval_data is not None and not evaluated_at(trainer.state, run):
             trainer.evaluate()
         write_final_model(trainer, tokenizer, config.model, run.model, saved_dtype(model_config))
     finally:
@@ -150,8 +155,10 @@ def saved_dtype(model_config) -> torch.dtype:
     return DTYPES.get(dtype, torch.float32) if isinstance(dtype, str) else dtype
 
 
-def evaluated_at(state, step: int) -> bool:
-    return any(record.get("step") == step and "eval_loss" in record for record in state.log_history)
+def evaluated_at(state, run: RunFolder) -> bool:
+    """Whether the held-out loss of the last step is logged (by this session, or by a killed one)."""
+    records = state.log_history + run.records()
+    return any(record.get("step") == state.global_step and "eval_loss" in record for record in records)
 
 
 def write_final_model(trainer: MidusTrainer, tokenizer, source: str, out: Path, dtype: torch.dtype) -> None:

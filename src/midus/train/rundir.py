@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from transformers.trainer import TRAINER_STATE_NAME
 
 from ..errors import UsageError
 from .config import TrainConfig, TrainConfigError
@@ -25,7 +26,7 @@ MODEL_DIR = "model"
 STAGING_DIR = ".staging"
 TRASH_PREFIX = ".trash-"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last
+COMPLETE_MARKER = TRAINER_STATE_NAME  # the Trainer writes it last
 
 
 class RunFolder:
@@ -78,9 +79,9 @@ class RunFolder:
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        found = [(int(m.group(1)), path) for path in self.root.glob("checkpoint-*")
-                 if (m := CHECKPOINT.match(path.name)) and (path / COMPLETE_MARKER).is_file()]
-        return [path for _, path in sorted(found)]
+        found = [path for path in self.root.glob("checkpoint-*")
+                 if CHECKPOINT.match(path.name) and (path / COMPLETE_MARKER).is_file()]
+        return sorted(found, key=checkpoint_step)
 
     def last_checkpoint(self) -> Path | None:
         return (self.checkpoints() or [None])[-1]
@@ -120,6 +121,10 @@ class RunFolder:
 
 
 TORN = 2**62
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(CHECKPOINT.match(path.name).group(1))
 
 
 def record_step(line: str) -> int:
