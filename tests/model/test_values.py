@@ -72,10 +72,18 @@ def test_pool_falls_back_to_gather_where_embedding_bag_is_missing(monkeypatch):
     import midus.model.values as values_module
 
     calls = []
-    monkeypatch.setattr(values_module, "embedding_bag_supported", lambda device, dtype: calls.append(dtype) or False)
+    monkeypatch.setattr(values_module, "embedding_bag_supported", lambda device, dtype: calls.append(device) or False)
     monkeypatch.setattr(values_module.F, "embedding_bag", lambda *a, **k: pytest.fail("embedding_bag used"))
     bank = torch.randn(20, 4, dtype=torch.float64)
     slots, weights = retrieval(3, 1, 20, 2, seed=4)
     out = values_module.pool(bank, slots.flatten(0, 1), weights.flatten(0, 1))
     torch.testing.assert_close(out, (bank[slots.flatten(0, 1)] * weights.flatten(0, 1)[..., None]).sum(1))
-    assert calls == [torch.float64]
+    assert calls == ["cpu"]
+
+
+def test_embedding_bag_is_used_on_cpu_and_cuda_only():
+    from midus.model.values import embedding_bag_supported
+
+    assert embedding_bag_supported("cpu", torch.bfloat16) and embedding_bag_supported("cuda", torch.float16)
+    assert not embedding_bag_supported("mps", torch.float32)
+    assert not embedding_bag_supported("cpu", torch.int64)

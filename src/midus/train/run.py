@@ -14,7 +14,6 @@ from transformers.trainer_callback import ProgressCallback, TrainerState
 from ..checkpoint import DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, resolve, save_model
 from ..data.datasets import build_datasets, collate
 from ..errors import MidusError, UsageError
-from ..model.values import embedding_bag_supported
 from ..recipe import RECIPE_FILE
 from .config import TrainConfig
 from .metrics import plot_loss
@@ -59,7 +58,6 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
             callbacks=[RunCallback(run, config.tokens_per_step)],
         )
         trainer.remove_callback(ProgressCallback)
-        probe_memory_kernels(args.device, model.dtype)
         if finished:
             trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME))
         else:
@@ -72,13 +70,6 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
         if args.should_save:
             plot_loss(run.records(), run.plot)
     return run.model
-
-
-def probe_memory_kernels(device: torch.device, dtype: torch.dtype) -> None:
-    """Run the memory layer's one-time embedding_bag capability probe now, with gradients on: run
-    inside the first (checkpointed) forward it would change what activation checkpointing records."""
-    with torch.enable_grad():
-        embedding_bag_supported(device.type, dtype)
 
 
 def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> TrainingArguments:
