@@ -38,12 +38,7 @@ def test_tiny_recipe_grows_the_example_base(tiny_base, method):
     fields = {**recipe.model_dump(exclude_none=True), "base": str(tiny_base)}
     if method == "lesa":
         fields["lesa"] = {**fields["lesa"], "epochs": 1}  # the paper's 10 epochs are tested in tests/upscale
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: fastest on one thread
-    try:
-        grown = midus.upscale(str(tiny_base), Recipe.parse(fields))
-    finally:
-        torch.set_num_threads(threads)
+    grown = midus.upscale(str(tiny_base), Recipe.parse(fields))
     assert grown.config.num_hidden_layers == (4 if method == "none" else 6)
     with torch.no_grad():
         assert torch.isfinite(grown(torch.tensor([[5, 6, 7, 8]])).logits).all()

@@ -1,20 +1,10 @@
 import json
 
 import pytest
-import torch
 from analysis_helpers import grow, heldout_text, random_projections
 from transformers import AutoTokenizer
 
 from midus.checkpoint import save_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

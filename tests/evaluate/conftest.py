@@ -59,12 +59,3 @@ def manager(offline_tasks):
 def full_manager(offline_tasks):
     """lm-eval's whole task index plus the offline tasks (indexing ~14k configs takes seconds: once)."""
     return task_manager([offline_tasks])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other test processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -2,11 +2,9 @@
 one uninterrupted reference run that the resume / DDP / fresh-process tests compare against."""
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
 from midus import Recipe
 from midus.tiny import _sample_text
@@ -15,24 +13,6 @@ from midus.upscale import upscale_to_folder
 from train_helpers import tiny_config
 
 TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
-
-
-@contextmanager
-def one_thread():
-    """Tiny models train faster on one thread (and identically in every process of a test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def single_threaded(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the subprocesses too
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="session")
@@ -65,5 +45,4 @@ def reference_run(tiny_midus, corpus, tmp_path_factory):
     """An uninterrupted run of the tiny MIDUS model: (config, final model folder, run folder)."""
     root = tmp_path_factory.mktemp("reference")
     config = tiny_config(tiny_midus, root / "run", {"files": [str(corpus)], "cache_dir": str(root / "cache")})
-    with one_thread():
-        return config, train(config), root / "run"
+    return config, train(config), root / "run"
