@@ -5,17 +5,13 @@ as JSON Schema). Fields that need the base's depth L (placement indices, K < L, 
 checked against the base's config before any weight is read.
 """
 
-import types
-import typing
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import annotated_types
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .errors import UsageError
 from .model.retrieval import MAX_SLOTS
+from .schema import Strict, YamlModel
 
 METHODS = ("none", "solar", "llama-pro", "lesa", "pkm", "midus")
 DUS_METHODS = ("none", "solar", "llama-pro", "lesa")
@@ -26,10 +22,6 @@ RECIPE_FILE = "midus_recipe.yaml"
 
 class RecipeError(UsageError):
     """A recipe that cannot be used; the message is one line naming the problem."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class MemorySettings(Strict):
@@ -66,8 +58,11 @@ class LesaSettings(Strict):
     norm_weight: float = Field(5e-4, ge=0, le=1, description="lambda: loss = (1-lambda) MSE + lambda MSE of the norms")
 
 
-class Recipe(Strict):
+class Recipe(YamlModel):
     """How to grow `base`: `method` adds `new_blocks` blocks at the `placement` positions."""
+
+    kind: ClassVar[str] = "recipe"
+    error: ClassVar[type[UsageError]] = RecipeError
 
     base: str = Field(description="hub id or local folder of a Llama-family decoder (llama, mistral, qwen2, qwen3)")
     method: Literal["none", "solar", "llama-pro", "lesa", "pkm", "midus"] = Field(
@@ -115,116 +110,3 @@ class Recipe(Strict):
         if isinstance(self.placement, list) and self.method in ("none", "solar"):
             raise ValueError(f"placement: method {self.method!r} places no blocks; leave placement out")
         return self
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "Recipe":
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe {path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise RecipeError(f"recipe {path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise RecipeError(f"recipe {path}: expected a mapping of fields, got {type(data).__name__}")
-        return cls.parse(data, source=str(path))
-
-    @classmethod
-    def parse(cls, data: dict, source: str = "recipe") -> "Recipe":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            raise RecipeError(f"{source}: {describe_validation_error(error, cls)}") from None
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
-
-
-def describe_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """The first problem of a pydantic error as one line: the field, what it got, what is allowed.
-    With `model` (the validated class) the allowed values come from its schema."""
-    if model is None:
-        return _describe_plainly(error)
-    errors = error.errors()
-    first = errors[0]
-    path, owner, info = _field_path(first["loc"], model)
-    fields = {tuple(_field_path(e["loc"], model)[0]) for e in errors}
-    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
-    field = ".".join(path)
-    if first["type"] == "value_error":  # our validators say what is wrong and what is allowed
-        message = first["msg"].removeprefix("Value error, ")
-        return f"{field}: {message}{more}" if field else f"{message}{more}"
-    if first["type"] == "extra_forbidden":
-        name = ".".join([*path, str(first["loc"][-1])])
-        return f"{name}: unknown field; valid fields: {', '.join(owner.model_fields)}{more}"
-    allowed = f"expected {expected(info.annotation, info.metadata)}" if info else first["msg"].lower()
-    if first["type"] == "missing":
-        return f"{field}: required; {allowed}{more}"
-    # a union reports one error per branch; the branch errors at the field itself carry the whole value
-    value = next((e["input"] for e in errors if tuple(e["loc"][: len(path)]) == tuple(path)
-                  and len(e["loc"]) <= len(path) + 1), first["input"])
-    return f"{field}: got {value!r}; {allowed}{more}"
-
-
-def _describe_plainly(error: ValidationError) -> str:
-    """Without the model: field and pydantic's message."""
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-after"))
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    if first["type"] == "literal_error":
-        message = f"got {first['input']!r}; {message.lower()}"
-    count = error.error_count()
-    more = f" (and {count - 1} more)" if count > 1 else ""
-    return f"{field}: {message}{more}" if field else f"{message}{more}"
-
-
-def _field_path(loc: tuple, model: type[BaseModel]) -> tuple[list[str], type[BaseModel] | None, object]:
-    """Walk `loc` through the models' fields: the field names it passes (a union tag, a list index or
-    an unknown name ends it), the model reached at its end, and the last field's FieldInfo."""
-    path, owner, info = [], model, None
-    for part in loc:
-        if owner is None or not isinstance(part, str) or part not in owner.model_fields:
-            break
-        path.append(part)
-        info = owner.model_fields[part]
-        owner = next((a for a in _flat_args(info.annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return path, owner, info
-
-
-def _flat_args(annotation) -> list:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [a for arg in typing.get_args(annotation) for a in _flat_args(arg)]
-    return [annotation]
-
-
-def expected(annotation, metadata=()) -> str:
-    """What a field accepts, in words: `one of a, b`, `an integer >= 1`, `a number in [0, 1]`..."""
-    bounds = []
-    for constraint in metadata:
-        for name, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            if isinstance(constraint, getattr(annotated_types, name.title())):
-                bounds.append(f"{sign} {getattr(constraint, name)}")
-    suffix = f" {' and '.join(bounds)}" if bounds else ""
-    kinds = []
-    for arg in _flat_args(annotation):
-        if arg is type(None):
-            continue
-        if typing.get_origin(arg) is Literal:
-            kinds.append(f"one of {', '.join(str(v) for v in typing.get_args(arg))}")
-        elif arg is bool:
-            kinds.append("true or false")
-        elif arg is int:
-            kinds.append(f"an integer{suffix}")
-        elif arg is float:
-            kinds.append(f"a number{suffix}")
-        elif arg is str:
-            kinds.append("a string")
-        elif typing.get_origin(arg) is list:
-            kinds.append(f"a list of {expected(typing.get_args(arg)[0]).removeprefix('an ').removeprefix('a ')}s")
-        elif isinstance(arg, type) and issubclass(arg, BaseModel):
-            kinds.append(f"a mapping with fields {', '.join(arg.model_fields)}")
-        else:
-            kinds.append(str(arg))
-    return ", or ".join(kinds)

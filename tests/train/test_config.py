@@ -23,12 +23,12 @@ VALID = {"model": "m", "output_dir": "out", "data": {"files": ["a.txt"]}, "max_s
     ({"batch_size": 10, "micro_batch_size": 4}, "batch_size=10 is not a multiple of micro_batch_size=4"),
     ({"save_interval": 15, "log_interval": 10}, "save_interval=15 must be a multiple of log_interval=10"),
     ({"learning_rate": 1e-3}, "learning_rate: unknown field"),
-    ({"precision": "fp16"}, "precision: got 'fp16'; input should be 'fp32' or 'bf16'"),
+    ({"precision": "fp16"}, "precision: got 'fp16'; expected one of fp32, bf16"),
     ({"trainable": "lora"}, "trainable: got 'lora'"),
     ({"data": {"files": ["a.txt"], "dataset": "x/y"}}, "give exactly one of data.files (local files) or data.dataset"),
     ({"data": {"files": ["a.txt"], "eval_split": "validation"}}, "data.eval_split applies to a hub dataset"),
     ({"data": {"files": ["a.txt"], "template": "no placeholder"}}, "data.template must contain {prompt}"),
-    ({"seq_len": 1}, "seq_len: Input should be greater than or equal to 2"),
+    ({"seq_len": 1}, "seq_len: got 1; expected an integer >= 2"),
 ])
 def test_bad_configs_name_the_problem(change, message):
     with pytest.raises(TrainConfigError) as error:

@@ -3,14 +3,13 @@
 import hashlib
 import json
 import math
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ..errors import UsageError
-from ..recipe import Strict, describe_validation_error
+from ..schema import Strict, YamlModel
 
 # Fields that do not change what a run computes: a run folder may be resumed with other values.
 RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers")
@@ -66,8 +65,11 @@ class DataConfig(Strict):
         return [self.prompt_field] if isinstance(self.prompt_field, str) else list(self.prompt_field)
 
 
-class TrainConfig(Strict):
+class TrainConfig(YamlModel):
     """Continued pre-training of a model folder: data, budget, optimiser, precision, checkpoints."""
+
+    kind: ClassVar[str] = "config"
+    error: ClassVar[type[UsageError]] = TrainConfigError
 
     model: str = Field(description="model folder (MIDUS, or a plain/grown Llama) or hub id to train")
     tokenizer: str | None = Field(None, description="tokenizer folder or hub id (default: the model's own)")
@@ -144,42 +146,6 @@ class TrainConfig(Strict):
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise TrainConfigError(f"config {path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise TrainConfigError(f"config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise TrainConfigError(f"config {path}: expected a mapping of fields, got {type(data).__name__}")
-        for key, value in (overrides or {}).items():
-            set_dotted(data, key, value)
-        return cls.parse(data, source=str(path))
-
-    @classmethod
-    def parse(cls, data: dict, source: str = "config") -> "TrainConfig":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            raise TrainConfigError(f"{source}: {describe_validation_error(error)}") from None
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
-
-
-def set_dotted(data: dict, key: str, value: Any) -> None:
-    """data['a']['b'] = value for key 'a.b' (creating the sections on the way)."""
-    *sections, last = key.split(".")
-    for section in sections:
-        node = data.setdefault(section, {})
-        if not isinstance(node, dict):
-            raise TrainConfigError(f"override {key}: {section} is not a section")
-        data = node
-    data[last] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
