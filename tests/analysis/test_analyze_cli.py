@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from midus.cli import app
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 FAST = ["--seq-len", "32", "--max-tokens", "256", "--batch-size", "4"]
@@ -17,15 +18,9 @@ def run(*args):
     return runner.invoke(app, ["analyze", *(str(a) for a in args)])
 
 
-def assert_one_line_error(result, out, *fragments, code=None):
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
-    if code is not None:
-        assert result.exit_code == code
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+def assert_failed(result, out, *fragments, code=None):
+    """One error line, and no output folder, finished or half-written."""
+    assert_one_line_error(result, *fragments, code=code)
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp")]
 
@@ -77,35 +72,35 @@ def test_analyze_plain_llama_measures_attention_heads_only(tiny_base, heldout_fi
 def test_missing_model_folder(heldout_files, tmp_path):
     out = tmp_path / "report"
     result = run(tmp_path / "no-model", "--data", heldout_files / "heldout.txt", "--out", out)
-    assert_one_line_error(result, out, "no-model", "no such folder", code=1)
+    assert_failed(result, out, "no-model", "no such folder", code=1)
 
 
 def test_missing_data(tiny_base, tmp_path):
     out = tmp_path / "report"
-    assert_one_line_error(run(tiny_base, "--data", tmp_path / "nothing.txt", "--out", out), out,
+    assert_failed(run(tiny_base, "--data", tmp_path / "nothing.txt", "--out", out), out,
                           "nothing.txt", "no such file or folder", code=2)
-    assert_one_line_error(run(tiny_base, "--out", out), out, "--data", code=2)
+    assert_failed(run(tiny_base, "--out", out), out, "--data", code=2)
     (tmp_path / "no-text").mkdir()
-    assert_one_line_error(run(tiny_base, "--data", tmp_path / "no-text", "--out", out), out, "no-text", code=2)
+    assert_failed(run(tiny_base, "--data", tmp_path / "no-text", "--out", out), out, "no-text", code=2)
 
 
 def test_empty_data(tiny_base, heldout_files, tmp_path):
     out = tmp_path / "report"
     result = run(tiny_base, "--data", heldout_files / "empty.txt", "--out", out, *FAST)
-    assert_one_line_error(result, out, "empty.txt")
+    assert_failed(result, out, "empty.txt")
 
 
 def test_too_little_text_for_one_window(tiny_base, heldout_files, tmp_path):
     out = tmp_path / "report"
     (tmp_path / "short.txt").write_text("A few words.")
     result = run(tiny_base, "--data", tmp_path / "short.txt", "--out", out, "--seq-len", "64")
-    assert_one_line_error(result, out, "less than one window of seq_len=64", code=2)
+    assert_failed(result, out, "less than one window of seq_len=64", code=2)
 
 
 def test_seq_len_beyond_positions(tiny_base, heldout_files, tmp_path):
     out = tmp_path / "report"
     result = run(tiny_base, "--data", heldout_files / "heldout.txt", "--out", out, "--seq-len", "1024")
-    assert_one_line_error(result, out, "seq-len 1024", "512 positions", code=2)
+    assert_failed(result, out, "seq-len 1024", "512 positions", code=2)
 
 
 @pytest.mark.parametrize("option, value, fragment", [
@@ -115,7 +110,7 @@ def test_seq_len_beyond_positions(tiny_base, heldout_files, tmp_path):
 def test_bad_options(tiny_base, heldout_files, tmp_path, option, value, fragment):
     out = tmp_path / "report"
     result = run(tiny_base, "--data", heldout_files / "heldout.txt", "--out", out, "--seq-len", "32", option, value)
-    assert_one_line_error(result, out, fragment, code=2)
+    assert_failed(result, out, fragment, code=2)
 
 
 def test_existing_report_folder_is_refused(tiny_base, heldout_files, tmp_path):

@@ -11,6 +11,7 @@ from midus.bench.report import figure
 from midus.cli import app
 from midus.load import load_model
 from midus.parameters import count_parameters
+from cli_helpers import assert_one_line_error
 
 TINY = BenchSettings(batch_size=1, train_seq_len=32, prefill_len=16, decode_tokens=4, warmup=1, repeats=3, threads=1)
 MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
@@ -113,23 +114,19 @@ def test_bench_cli_measures_each_model_in_its_own_process(tiny_base, recipes, tm
     assert "| model |" in (tmp_path / "bench.md").read_text()
 
 
-def one_line_error(result, code, fragment):
-    assert result.exit_code == code, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and fragment in errors[0], result.stderr
-
-
 def test_bad_inputs_are_one_line_errors(tiny_base, tmp_path):
     runner = CliRunner()
-    one_line_error(runner.invoke(app, ["bench", str(tmp_path / "no" / "such" / "model")]), 1, "no such folder")
-    one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--reference", "other"]), 2,
-                   "reference 'other' is not among the models")
+    assert_one_line_error(runner.invoke(app, ["bench", str(tmp_path / "no" / "such" / "model")]), "no such folder",
+                          code=1, other_lines=True)
+    assert_one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--reference", "other"]), "reference 'other' is not among the models",
+                          code=2, other_lines=True)
     positions = AutoConfig.from_pretrained(tiny_base).max_position_embeddings
-    one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--prefill-len", str(positions)]), 2,
-                   f"prefill_len + decode_tokens = {positions + 32} is beyond the model's {positions} positions")
+    assert_one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--prefill-len", str(positions)]), f"prefill_len + decode_tokens = {positions + 32} is beyond the model's {positions} positions",
+                          code=2, other_lines=True)
     broken = tmp_path / "broken"
     broken.mkdir()
     shutil.copy(tiny_base / "config.json", broken / "config.json")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     # this error comes back from the measuring process
-    one_line_error(runner.invoke(app, ["bench", str(broken)]), 1, "cannot load its weights")
+    assert_one_line_error(runner.invoke(app, ["bench", str(broken)]), "cannot load its weights",
+                          code=1, other_lines=True)

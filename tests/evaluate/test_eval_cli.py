@@ -9,20 +9,13 @@ from typer.testing import CliRunner
 
 from midus.cli import app
 from midus.evaluate import MC_TASK, EvalReport
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, code: int, *fragments: str):
-    assert result.exit_code == code, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr  # one line, the last
-    for fragment in fragments:
-        assert fragment in errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +75,18 @@ def test_plain_lm_eval_cli_on_a_saved_midus_folder(midus_folder, offline_tasks, 
 
 
 def test_bad_inputs_are_one_line_errors(midus_folder, offline_tasks, tmp_path):
-    one_line_error(run("eval", tmp_path / "no" / "such" / "model", "--tasks", MC_TASK), 1, "no such folder")
-    one_line_error(run("eval", midus_folder, "--tasks", "arc_eazy"), 2, "unknown task 'arc_eazy'", "arc_easy")
-    one_line_error(run("eval", midus_folder, "--tasks", "winogrande"), 1, "task winogrande", "needs the network")
-    one_line_error(run("eval", midus_folder), 2, "nothing to evaluate")
+    assert_one_line_error(run("eval", tmp_path / "no" / "such" / "model", "--tasks", MC_TASK), "no such folder",
+                          code=1)
+    assert_one_line_error(run("eval", midus_folder, "--tasks", "arc_eazy"), "unknown task 'arc_eazy'", "arc_easy",
+                          code=2)
+    assert_one_line_error(run("eval", midus_folder, "--tasks", "winogrande"), "task winogrande", "needs the network",
+                          code=1)
+    assert_one_line_error(run("eval", midus_folder), "nothing to evaluate", code=2)
     text = tmp_path / "t.txt"
     text.write_text("some held-out words\n\nand another paragraph of them\n")
-    one_line_error(run("eval", midus_folder, "--ppl-data", text, "--max-length", 100000), 2,
-                   "exceeds the model's 512 positions")
-    one_line_error(run("eval", midus_folder, "--ppl-data", tmp_path / "missing.jsonl"), 2, "no such file")
-    one_line_error(run("eval", midus_folder, "--ppl-data", "some-org/some-dataset"), 2, "some-org/some-dataset")
+    assert_one_line_error(run("eval", midus_folder, "--ppl-data", text, "--max-length", 100000), "exceeds the model's 512 positions",
+                          code=2)
+    assert_one_line_error(run("eval", midus_folder, "--ppl-data", tmp_path / "missing.jsonl"), "no such file",
+                          code=2)
+    assert_one_line_error(run("eval", midus_folder, "--ppl-data", "some-org/some-dataset"), "some-org/some-dataset",
+                          code=2)

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from midus.cli import app
 from midus.recipe import RECIPE_FILE
 from midus.tiny import write_tiny_llama
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
@@ -24,16 +25,6 @@ def write_recipe(tmp_path, **fields):
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments, code=None):
-    assert result.exit_code != 0
-    if code is not None:
-        assert result.exit_code == code
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_upscale_writes_a_complete_checkpoint(tiny_base, tmp_path):
