@@ -8,7 +8,7 @@
    both sides start from the same [512, 2048] queries and the timing holds retrieval and pooling
    only; both pick the same slots with the same weights (checked before timing).
 
-    python benchmarks/memory_block_speed.py [--tokens 512] [--repeats 15] [--out benchmarks/results]
+    python benchmarks/memory_block_speed.py [--tokens 512] [--repeats 15] [--threads N] [--out benchmarks/results]
 """
 
 import argparse
@@ -64,7 +64,8 @@ def check_same_work(ours, keys, their_layers, queries):
     with torch.no_grad():
         for layer in their_layers:
             layer64 = copy.deepcopy(layer).double()
-            mine = ours(layer64.values.weight, keys64)(queries.double()).sum(1)
+            mine = ours(layer64.values.weight, keys64)(queries.double())
+            mine = mine.sum(1) if mine.dim() == 3 else mine
             torch.testing.assert_close(mine, layer64(queries.double())[0])
 
 
@@ -84,8 +85,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     llama = LlamaConfig(hidden_size=D, intermediate_size=D_FF, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
@@ -121,11 +125,17 @@ def main():
         theirs_wide.keys.copy_(theirs_latent.keys)
 
     def ours(table, keys=keys):
+        """HIVE's pooling with a latent table (one bag per head: z_h), the `shared` variant's with a
+        wide one (heads summed: one bag of H*k rows per token, as theirs)."""
+        per_head = table.shape[1] < D
+
         def run(queries):
             # their feature order is (half, head, dim), ours (head, half, dim); LayerNorm per half as theirs
             halves = queries.view(-1, 2, HEADS, D // HEADS // 2).transpose(1, 2)
             slots, weights = keys(normalize_query(halves, "layer").flatten(2))
-            return pool(table, slots.flatten(0, 1), weights.flatten(0, 1)).view(-1, HEADS, table.shape[1])
+            if per_head:
+                return pool(table, slots.flatten(0, 1), weights.flatten(0, 1)).view(-1, HEADS, table.shape[1])
+            return pool(table, slots.flatten(1), weights.flatten(1))
 
         return run
 

@@ -27,7 +27,7 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
     """Exact top-k over the n*n product keys of every head.
 
     query: [N, H, d_k]; keys: [H, 2, n, d_k/2].
-    Returns scores [N, H, topk] (descending) and slot ids [N, H, topk] in [0, n*n).
+    Returns scores [N, H, topk] and slot ids [N, H, topk] in [0, n*n), in no particular order.
     """
     n_tokens, heads, key_dim = query.shape
     n = keys.shape[2]
@@ -41,7 +41,7 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
         half_scores, half_ids = scores.topk(topk, dim=-1, sorted=True)  # [N, H, 2, k]
         rank_row, rank_col = candidate_pairs(topk, query.device)
         candidates = half_scores[:, :, 0, rank_row] + half_scores[:, :, 1, rank_col]  # [N, H, P]
-        best = candidates.topk(topk, dim=-1, sorted=True).indices
+        best = candidates.topk(topk, dim=-1, sorted=False).indices  # the set matters, not its order
         row_ids = half_ids[:, :, 0].gather(-1, rank_row[best])
         col_ids = half_ids[:, :, 1].gather(-1, rank_col[best])
     best_scores = scores[:, :, 0].gather(-1, row_ids) + scores[:, :, 1].gather(-1, col_ids)
