@@ -40,8 +40,8 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class CorpusSettings:
-    pretrain: float = 0.6  # share of the modules (by hash) in each part; held-out takes the rest
-    cpt: float = 0.3
+    pretrain: float = 0.3  # share of the modules (by hash) in each part; held-out takes the rest
+    cpt: float = 0.55
     min_chars: int = 40
     min_words: int = 6
 

@@ -3,7 +3,7 @@
     corpus     standard-library docstrings, split by module (cached)
     base       BPE tokenizer + tiny Llama trained from scratch on the pre-training part (cached)
     per method grow (recipes/tiny) -> identity check -> CPT on the CPT part (equal tokens) -> held-out eval
-    noise      the probe methods again with other seeds
+    (each method with every seed; then the optional noise probe: some methods with extra seeds)
     bench      params, train tokens/s, prefill and decode latency, side by side
     report     results.json, results.md, cpt_loss.png, params_vs_ppl.png, latency.png
 
@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 
 from ..errors import MidusError, UsageError
-from .report import Cpt, DemoReport, Identity, Run, StageRecord, measure_noise, to_markdown
+from .report import Cpt, DemoReport, Identity, Run, StageRecord, to_markdown
 from .settings import IDENTITY_METHODS, REFERENCE, DemoSettings, demo_recipe
 
 MARKER = ".midus-demo"  # an output folder holding this file is a demo's and may be replaced
@@ -60,7 +60,7 @@ class Demo:
         self.started = time.time()
         self.corpus = self.base = self.base_model = self.tasks = self.manager = None
         self.final_models: dict[str, Path] = {}
-        self.planned = 3 + 4 * len(settings.methods) + 4 * len(self.noise_jobs()) + 2
+        self.planned = 3 + 4 * len(settings.jobs()) + 1
         self.count = 0
 
     # --- stages ----------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ class Demo:
     def stage(self, name: str, method: str | None = None, seed: int | None = None):
         """Time a stage, print its progress, record it; a failure is recorded and raised as StageFailed."""
         self.count += 1
-        label = " ".join(str(x) for x in (name, method, f"seed {seed}" if seed not in (None, self.settings.seed) else None) if x)
+        label = " ".join(str(x) for x in (name, method, None if seed is None else f"seed {seed}") if x)
         self.console.rule(f"[bold][{self.count}/{self.planned}] {label}", align="left")
         record = StageRecord(stage=name, method=method, seed=seed, status="ok")
         begin = time.time()
@@ -93,12 +93,9 @@ class Demo:
     def run(self) -> DemoReport:
         try:
             self.prepare()
-            for method in self.settings.methods:
-                self.run_method(method, self.settings.seed)
+            for method, seed, probe in self.settings.jobs():
+                self.run_method(method, seed, probe)
                 self.write(plots=False)
-            for method, seed in self.noise_jobs():
-                self.run_method(method, seed, noise=True)
-            self.report.noise = measure_noise(self.report.runs, list(self.settings.noise_methods))
             self.bench()
         except StageFailed:
             pass  # recorded; the report says which stage and why
@@ -106,10 +103,6 @@ class Demo:
             self.report.total_seconds = time.time() - self.started
             self.write(plots=True)
         return self.report
-
-    def noise_jobs(self) -> list[tuple[str, int]]:
-        return [(m, seed) for m in self.settings.noise_methods if m in self.settings.methods
-                for seed in self.settings.noise_seeds if seed != self.settings.seed]
 
     def prepare(self) -> None:
         from ..data.corpus import load_corpus
@@ -150,33 +143,35 @@ class Demo:
                 "final_loss": records[-1]["loss"] if records else None}
 
     def prepare_evaluation(self) -> None:
+        from lm_eval.tasks import TaskManager
+
         from ..evaluate import EvalSettings, write_heldout_tasks
-        from ..evaluate.harness import task_manager
 
         s = self.settings
         documents = self.corpus.texts("heldout")
         self.ppl_documents = documents[: s.eval_documents] if s.eval_documents else documents
         passages = [p for doc in documents for p in doc.split("\n\n") if len(p.split()) >= MC_MIN_WORDS]
-        self.tasks = write_heldout_tasks(passages, self.work / "tasks", seed=s.seed, max_items=s.mc_items)
-        self.manager = task_manager([str(self.tasks)])
+        self.tasks = write_heldout_tasks(passages, self.work / "tasks", seed=0, max_items=s.mc_items)
+        # our offline tasks only: indexing lm-eval's ~15k task files as well takes 10-25 s on this CPU
+        self.manager = TaskManager(include_path=str(self.tasks), include_defaults=False)
         self.eval_settings = EvalSettings(
             tasks=["midus_heldout_mc"], include_paths=[str(self.tasks)], batch_size=s.eval_batch_size,
-            ppl_kinds=["rolling", "document"], ppl_max_length=s.eval_max_length, ppl_stride=s.eval_stride, seed=s.seed)
-        base = self.evaluate_folder(self.base, Run(method="base", seed=s.seed, params_added=0))
+            ppl_kinds=["rolling", "document"], ppl_max_length=s.eval_max_length, ppl_stride=s.eval_stride, seed=s.seeds[0])
+        base = self.evaluate_folder(self.base, Run(method="base", seed=s.seeds[0], params_added=0))
         self.report.runs.append(base)
         self.final_models["base"] = self.base
 
     # --- one method ------------------------------------------------------------------------------
 
-    def run_method(self, method: str, seed: int, noise: bool = False) -> None:
+    def run_method(self, method: str, seed: int, probe: bool = False) -> None:
         from ..upscale import upscale_to_folder
 
         run = Run(method=method, seed=seed)
         self.report.runs.append(run)
-        folder = self.work / (method if not noise else f"{method}-seed{seed}")
+        folder = self.work / f"{method}-seed{seed}"
         try:
             with self.stage("grow", method, seed):
-                recipe = demo_recipe(method, self.base, self.settings, self.recipes_dir, seed=seed)
+                recipe = demo_recipe(method, self.base, self.settings, seed, self.recipes_dir)
                 grown = upscale_to_folder(recipe, folder / "grown")
             with self.stage("identity", method, seed):
                 run.identity = self.identity(grown, method)
@@ -187,8 +182,8 @@ class Demo:
                 model, run.cpt = self.continued_pretraining(grown, folder / "cpt", seed)
             with self.stage("eval", method, seed):
                 self.evaluate_folder(model, run)
-            if not noise:
-                self.final_models[method] = model
+            if not probe and seed == self.settings.seeds[0]:
+                self.final_models[method] = model  # benchmarked
         except StageFailed:
             pass
 
@@ -265,7 +260,7 @@ class Demo:
         with self.stage("bench"):
             reference = models.get(REFERENCE) or next(iter(models.values()))
             settings = BenchSettings(train_seq_len=s.seq_len, prefill_len=s.bench_prefill, decode_tokens=s.bench_decode,
-                                     repeats=s.bench_repeats, warmup=1, seed=s.seed)
+                                     repeats=s.bench_repeats, warmup=1, seed=s.seeds[0])
             result = bench([str(p) for p in models.values()], settings, reference=str(reference), isolate=False)
             by_name = {m.name: m for m in result.models}
             for method, path in models.items():
@@ -279,6 +274,7 @@ class Demo:
     def write(self, plots: bool) -> None:
         from .plots import write_plots
 
+        self.report.summarise()
         (self.out / "results.json").write_text(self.report.to_json() + "\n")
         (self.out / "results.md").write_text(to_markdown(self.report))
         if plots:

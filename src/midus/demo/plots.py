@@ -27,7 +27,8 @@ def _save(figure, path: Path) -> Path:
 
 
 def loss_curves(report: DemoReport, path: Path) -> Path | None:
-    runs = [r for r in report.main_runs() if r.cpt is not None and r.cpt.curve]
+    first = (report.settings.get("seeds") or [0])[0]
+    runs = [r for r in report.runs if r.seed == first and r.cpt is not None and r.cpt.curve]
     if not runs:
         return None
     plt = _pyplot()
@@ -39,7 +40,7 @@ def loss_curves(report: DemoReport, path: Path) -> Path | None:
             axis.plot(*zip(*r.cpt.eval_curve), "o--", color=color, markersize=4, linewidth=0.8)
     axis.set_xlabel("CPT tokens")
     axis.set_ylabel("cross-entropy (nats/token)")
-    axis.set_title("Continued pre-training: training loss (solid), held-out loss (dashed)")
+    axis.set_title(f"Continued pre-training, seed {first}: training loss (solid), held-out loss (dashed)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     _save(figure, path)
@@ -48,21 +49,22 @@ def loss_curves(report: DemoReport, path: Path) -> Path | None:
 
 
 def params_vs_perplexity(report: DemoReport, path: Path) -> Path | None:
-    runs = [r for r in report.main_runs() if r.params_added is not None and r.ppl_rolling is not None and r.method != "base"]
+    runs = [r for r in report.rows if r.params_added is not None and r.ppl_rolling is not None and r.method != "base"]
     if not runs:
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 5))
     for r in runs:
-        axis.scatter(r.params_added / 1e3, r.ppl_rolling, s=60, color=COLORS.get(r.method))
+        axis.errorbar(r.params_added / 1e3, r.ppl_rolling, yerr=r.ppl_rolling_spread, fmt="o", markersize=8,
+                      capsize=4, color=COLORS.get(r.method))
         axis.annotate(NAMES.get(r.method, r.method), (r.params_added / 1e3, r.ppl_rolling), textcoords="offset points",
                       xytext=(6, 4), fontsize=9)
-    base = next((r for r in report.main_runs() if r.method == "base" and r.ppl_rolling is not None), None)
+    base = report.row("base")
     if base is not None:
         axis.axhline(base.ppl_rolling, color="black", linestyle=":", linewidth=1, label="base before CPT")
         axis.legend(fontsize=8)
     axis.set_xlabel("added parameters (thousands)")
-    axis.set_ylabel("held-out perplexity (rolling) ↓")
+    axis.set_ylabel("held-out perplexity (rolling), mean over seeds ↓")
     axis.set_title("Added parameters vs held-out perplexity after equal-token CPT")
     axis.grid(alpha=0.3)
     _save(figure, path)

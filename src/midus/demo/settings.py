@@ -23,35 +23,39 @@ class DemoSettings:
     base: BaseSettings
     corpus: CorpusSettings = CorpusSettings()
     methods: tuple[str, ...] = METHODS
-    seed: int = 0  # growth (new tensors' init) and CPT (data order) seed of every method
-    noise_seeds: tuple[int, ...] = (1,)  # the noise probe: `noise_methods` grown and trained again with these seeds
-    noise_methods: tuple[str, ...] = ("llama-pro", "midus")
+    seeds: tuple[int, ...] = (0, 1)  # every method is grown (new tensors' init) and trained (data order) with each
+    noise_methods: tuple[str, ...] = ()  # a cheaper noise probe: these methods once more with `noise_seeds`,
+    noise_seeds: tuple[int, ...] = ()  # used for the noise estimate only (the table averages `seeds`)
     memory: dict = field(default_factory=dict)  # overrides of the midus recipe's memory section
     # continued pre-training, the same for every method
-    cpt_tokens: int = 200_000
+    cpt_tokens: int = 196_608  # 192 steps of 4 x 256 tokens, about one epoch of the CPT part
     cpt_lr: float = 1e-3
     cpt_memory_lr: float | None = None  # None: cpt_lr (memory keys and banks: constant, no weight decay)
     cpt_trainable: str = "all"
     seq_len: int = 256
-    batch_size: int = 16
+    batch_size: int = 4
     cpt_evals: int = 4  # held-out loss points on each CPT curve
     cpt_eval_sequences: int = 16
     # held-out evaluation
     eval_max_length: int = 256  # perplexity window / truncation (the length the models were trained at)
     eval_stride: int = 128
     eval_documents: int | None = None  # held-out documents for perplexity (None: all)
-    mc_items: int | None = None  # multiple-choice items (None: one per eligible held-out paragraph)
+    mc_items: int | None = 1000  # multiple-choice items, one per held-out paragraph of 16 words or more (None: all)
     eval_batch_size: int = 16
     # bench
     bench_repeats: int = 5
     bench_prefill: int = 128
     bench_decode: int = 32
 
-    def recipes(self, base: Path, recipes_dir: Path | None = None) -> dict[str, Recipe]:
-        return {method: demo_recipe(method, base, self, recipes_dir) for method in self.methods}
+    def jobs(self) -> list[tuple[str, int, bool]]:
+        """(method, seed, is_noise_probe) in run order: every method at the first seed, then the next seed..."""
+        main = [(method, seed, False) for seed in self.seeds for method in self.methods]
+        probes = [(method, seed, True) for method in self.noise_methods if method in self.methods
+                  for seed in self.noise_seeds if seed not in self.seeds]
+        return main + probes
 
 
-def demo_recipe(method: str, base: Path, settings: DemoSettings, recipes_dir: Path | None = None, seed: int | None = None) -> Recipe:
+def demo_recipe(method: str, base: Path, settings: DemoSettings, seed: int, recipes_dir: Path | None = None) -> Recipe:
     """The tiny recipe of `method` (recipes/tiny/<method>.yaml) pointed at the demo's base, in float32,
     with the demo's seed and, for midus, its memory overrides."""
     folder = Path(recipes_dir) if recipes_dir is not None else RECIPES
@@ -60,7 +64,7 @@ def demo_recipe(method: str, base: Path, settings: DemoSettings, recipes_dir: Pa
         raise MidusError(f"recipe {path}: no such file; the demo grows the base by the tiny recipes "
                          f"(recipes/tiny/ of the repository); give their folder with --recipes")
     data = Recipe.from_yaml(path).model_dump(mode="json", exclude_none=True)
-    data.update(base=str(base), dtype="float32", seed=settings.seed if seed is None else seed)
+    data.update(base=str(base), dtype="float32", seed=seed)
     if method == "midus" and settings.memory:
         data["memory"] = {**data.get("memory", {}), **settings.memory}
     return Recipe.parse(data, source=str(path))
@@ -70,12 +74,12 @@ PRESETS = {
     "default": DemoSettings(preset="default", base=BaseSettings()),
     "quick": DemoSettings(
         preset="quick", base=BaseSettings(vocab_size=1024, hidden_size=64, intermediate_size=256, tokens=150_000),
-        cpt_tokens=40_000, noise_methods=("llama-pro",), cpt_evals=2, mc_items=200, eval_documents=200,
-        bench_repeats=3, bench_prefill=64, bench_decode=16),
+        cpt_tokens=40_000, seeds=(0,), noise_methods=("llama-pro",), noise_seeds=(1,), cpt_evals=2, mc_items=200,
+        eval_documents=200, bench_repeats=3, bench_prefill=64, bench_decode=16),
     "test": DemoSettings(
         preset="test", base=BaseSettings(vocab_size=512, hidden_size=64, intermediate_size=256, tokens=16_384,
                                          seq_len=128, batch_size=8),
-        seq_len=128, batch_size=8, cpt_tokens=4096, noise_seeds=(), cpt_evals=1, cpt_eval_sequences=4,
+        seq_len=128, batch_size=8, cpt_tokens=4096, seeds=(0,), cpt_evals=1, cpt_eval_sequences=4,
         eval_max_length=128, eval_stride=64, eval_documents=40, mc_items=24, bench_repeats=1, bench_prefill=16,
         bench_decode=4),
 }
@@ -89,4 +93,6 @@ def preset(name: str, **overrides) -> DemoSettings:
         raise UsageError(f"method {unknown[0]!r}: valid: {', '.join(METHODS)}")
     if REFERENCE not in settings.methods:
         raise UsageError(f"the demo's ratios divide by {REFERENCE}: keep it among the methods")
+    if not settings.seeds:
+        raise UsageError("the demo needs at least one seed")
     return settings
