@@ -260,7 +260,7 @@ class Demo:
         with self.stage("bench"):
             reference = models.get(REFERENCE) or next(iter(models.values()))
             settings = BenchSettings(train_seq_len=s.seq_len, prefill_len=s.bench_prefill, decode_tokens=s.bench_decode,
-                                     repeats=s.bench_repeats, warmup=1, seed=s.seeds[0])
+                                     repeats=s.bench_repeats, warmup=3, threads=s.bench_threads, seed=s.seeds[0])
             result = bench([str(p) for p in models.values()], settings, reference=str(reference), isolate=False)
             by_name = {m.name: m for m in result.models}
             for method, path in models.items():

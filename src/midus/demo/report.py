@@ -262,7 +262,9 @@ def to_markdown(report: DemoReport) -> str:
             "PPL per doc: the paper's Wiki-PPL (mean of per-document perplexities). MC: the offline multiple-choice "
             "task through lm-evaluation-harness (the true 8-word continuation of a held-out passage against 3 cut "
             "from other passages; chance 25%). Train tok/s and decode latency: `midus bench` in one process "
-            f"(medians of {s.get('bench_repeats')} runs, models of seed {seeds[0] if seeds else '?'}). (×) = ratio to LLaMA Pro."]
+            f"(medians of {s.get('bench_repeats')} runs, {s.get('bench_threads') or 'default'} thread(s), models of seed "
+            f"{seeds[0] if seeds else '?'}; Base and CPT-Base share one architecture, so their gap shows the timing "
+            "noise). (×) = ratio to LLaMA Pro."]
     out += ["", "## Setup", ""]
     base = report.base
     if base:

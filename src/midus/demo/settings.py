@@ -39,11 +39,12 @@ class DemoSettings:
     # held-out evaluation
     eval_max_length: int = 256  # perplexity window / truncation (the length the models were trained at)
     eval_stride: int = 128
-    eval_documents: int | None = None  # held-out documents for perplexity (None: all)
-    mc_items: int | None = 1000  # multiple-choice items, one per held-out paragraph of 16 words or more (None: all)
+    eval_documents: int | None = 480  # held-out documents for perplexity (None: all)
+    mc_items: int | None = 600  # multiple-choice items, one per held-out paragraph of 16 words or more (None: all)
     eval_batch_size: int = 16
     # bench
-    bench_repeats: int = 5
+    bench_repeats: int = 20
+    bench_threads: int | None = 1  # one thread: far steadier timings on a small shared CPU (None: torch's default)
     bench_prefill: int = 128
     bench_decode: int = 32
 
@@ -73,9 +74,9 @@ def demo_recipe(method: str, base: Path, settings: DemoSettings, seed: int, reci
 PRESETS = {
     "default": DemoSettings(preset="default", base=BaseSettings()),
     "quick": DemoSettings(
-        preset="quick", base=BaseSettings(vocab_size=1024, hidden_size=64, intermediate_size=256, tokens=150_000),
-        cpt_tokens=40_000, seeds=(0,), noise_methods=("llama-pro",), noise_seeds=(1,), cpt_evals=2, mc_items=200,
-        eval_documents=200, bench_repeats=3, bench_prefill=64, bench_decode=16),
+        preset="quick", base=BaseSettings(vocab_size=1024, hidden_size=64, intermediate_size=256, tokens=614_400),
+        cpt_tokens=98_304, seeds=(0,), noise_methods=("llama-pro", "midus"), noise_seeds=(1,), cpt_evals=2,
+        mc_items=200, eval_documents=200, bench_repeats=10, bench_prefill=64, bench_decode=16),
     "test": DemoSettings(
         preset="test", base=BaseSettings(vocab_size=512, hidden_size=64, intermediate_size=256, tokens=16_384,
                                          seq_len=128, batch_size=8),
