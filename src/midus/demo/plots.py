@@ -54,18 +54,17 @@ def params_vs_perplexity(report: DemoReport, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 5))
-    for r in runs:
+    for i, r in enumerate(sorted(runs, key=lambda r: (r.params_added, r.ppl_rolling))):
         axis.errorbar(r.params_added / 1e3, r.ppl_rolling, yerr=r.ppl_rolling_spread, fmt="o", markersize=8,
                       capsize=4, color=COLORS.get(r.method))
         axis.annotate(NAMES.get(r.method, r.method), (r.params_added / 1e3, r.ppl_rolling), textcoords="offset points",
-                      xytext=(6, 4), fontsize=9)
+                      xytext=(8, 8 if i % 2 else -12), fontsize=9)
+    axis.margins(x=0.15, y=0.3)
     base = report.row("base")
-    if base is not None:
-        axis.axhline(base.ppl_rolling, color="black", linestyle=":", linewidth=1, label="base before CPT")
-        axis.legend(fontsize=8)
     axis.set_xlabel("added parameters (thousands)")
     axis.set_ylabel("held-out perplexity (rolling), mean over seeds ↓")
-    axis.set_title("Added parameters vs held-out perplexity after equal-token CPT")
+    axis.set_title("Added parameters vs held-out perplexity after equal-token CPT"
+                   + (f"\n(the base before CPT: {base.ppl_rolling:.2f})" if base is not None else ""), fontsize=10)
     axis.grid(alpha=0.3)
     _save(figure, path)
     plt.close(figure)
@@ -86,7 +85,8 @@ def latency_bars(report: DemoReport, path: Path) -> Path | None:
     reference = report.bench.get(report.reference)
     for i, value in enumerate(values):
         if reference is not None:
-            axis.annotate(f"{value / reference.decode_ms_per_token:.2f}×", (i, value), ha="center", va="bottom", fontsize=8)
+            axis.annotate(f"{value / reference.decode_ms_per_token:.2f}×", (i, value / 2), ha="center", va="center",
+                          fontsize=9, color="white", fontweight="bold")
     axis.set_ylabel("decode latency (ms / token) ↓")
     axis.set_title("Decode latency with the KV cache (median, interquartile range); × = ratio to LLaMA Pro")
     axis.grid(alpha=0.3, axis="y")

@@ -74,8 +74,8 @@ def demo_recipe(method: str, base: Path, settings: DemoSettings, seed: int, reci
 PRESETS = {
     "default": DemoSettings(preset="default", base=BaseSettings()),
     "quick": DemoSettings(
-        preset="quick", base=BaseSettings(vocab_size=1024, hidden_size=64, intermediate_size=256, tokens=614_400),
-        cpt_tokens=98_304, seeds=(0,), noise_methods=("llama-pro", "midus"), noise_seeds=(1,), cpt_evals=2,
+        preset="quick", base=BaseSettings(vocab_size=1024, hidden_size=64, intermediate_size=256, tokens=409_600),
+        cpt_tokens=65_536, seeds=(0,), noise_methods=("llama-pro", "midus"), noise_seeds=(1,), cpt_evals=2,
         mc_items=200, eval_documents=200, bench_repeats=10, bench_prefill=64, bench_decode=16),
     "test": DemoSettings(
         preset="test", base=BaseSettings(vocab_size=512, hidden_size=64, intermediate_size=256, tokens=16_384,
