@@ -224,7 +224,7 @@ def analyze(
 @app.command()
 @one_line_errors
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="every stage at a smaller size (about 3 minutes instead of 15)"),
+    quick: bool = typer.Option(False, "--quick", help="every stage at a smaller size (about 2 minutes instead of 10 on 2 CPU cores)"),
     out: Path = typer.Option(None, "--out", help="output folder (default runs/demo, or runs/demo-quick); a previous demo's is replaced"),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="where the corpus and the base are cached (default $MIDUS_CACHE or ~/.cache/midus)"),
     recipes: Path = typer.Option(None, "--recipes", help="folder of the tiny recipes the methods grow by (default the repository's recipes/tiny)"),
