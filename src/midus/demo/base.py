@@ -33,7 +33,7 @@ class BaseSettings:
     max_positions: int = 512
     seq_len: int = 256
     batch_size: int = 4  # small batches, many steps: a tiny model learns far more per token
-    tokens: int = 819_200  # 800 steps, ~5 epochs of the pre-training part: its loss on unseen modules has levelled off
+    tokens: int = 819_200  # 800 steps, ~6 epochs of the pre-training part: its loss on unseen modules has levelled off
     lr: float = 2e-3
     warmup: float = 0.05
     seed: int = 0

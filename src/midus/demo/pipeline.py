@@ -149,9 +149,9 @@ class Demo:
 
         s = self.settings
         documents = self.corpus.texts("heldout")
-        self.ppl_documents = documents[: s.eval_documents] if s.eval_documents else documents
+        self.ppl_documents = evenly(documents, s.eval_documents)
         passages = [p for doc in documents for p in doc.split("\n\n") if len(p.split()) >= MC_MIN_WORDS]
-        self.tasks = write_heldout_tasks(passages, self.work / "tasks", seed=0, max_items=s.mc_items)
+        self.tasks = write_heldout_tasks(evenly(passages, s.mc_items), self.work / "tasks", seed=0)
         # our offline tasks only: indexing lm-eval's ~15k task files as well takes 10-25 s on this CPU
         self.manager = TaskManager(include_path=str(self.tasks), include_defaults=False)
         self.eval_settings = EvalSettings(
@@ -289,6 +289,14 @@ class Demo:
 def one_line(error: BaseException) -> str:
     text = (str(error).strip().splitlines() or [""])[0]
     return text if isinstance(error, MidusError) else f"{type(error).__name__}: {text}"
+
+
+def evenly(items: list, count: int | None) -> list:
+    """`count` items spread evenly over the list (all of them if count is None or not smaller), so a
+    subset of the held-out documents, which come in module order, covers every held-out module."""
+    if count is None or count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
 
 
 def finite(value: float) -> float | None:

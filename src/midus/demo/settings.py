@@ -39,8 +39,8 @@ class DemoSettings:
     # held-out evaluation
     eval_max_length: int = 256  # perplexity window / truncation (the length the models were trained at)
     eval_stride: int = 128
-    eval_documents: int | None = 480  # held-out documents for perplexity (None: all)
-    mc_items: int | None = 600  # multiple-choice items, one per held-out paragraph of 16 words or more (None: all)
+    eval_documents: int | None = 480  # held-out documents for perplexity, spread evenly over the part (None: all)
+    mc_items: int | None = 600  # multiple-choice items from held-out paragraphs of 16+ words, spread evenly (None: all)
     eval_batch_size: int = 16
     # bench
     bench_repeats: int = 20
