@@ -38,6 +38,8 @@ def test_every_method_has_finite_numbers(demo):
         assert 0 <= row.accuracy <= 1
         bench = report.bench[method]
         assert bench.train_tokens_per_s > 0 and bench.decode_ms_per_token > 0
+    groups = report.timing_noise["groups"]  # models of one architecture measure the bench's noise
+    assert ["base", "none"] in groups and ["solar", "llama-pro", "lesa"] in groups
     for run in report.runs:
         if run.method != "base":
             assert run.cpt is not None and run.cpt.curve and math.isfinite(run.cpt.final_loss)

@@ -16,10 +16,12 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -55,7 +57,7 @@ class Demo:
         self.settings, self.out, self.cache_dir, self.recipes_dir = settings, Path(out), cache_dir, recipes_dir
         self.console = console or Console(stderr=True, highlight=False)
         self.work = self.out / "work"
-        self.report = DemoReport(command=command, preset=settings.preset, settings=settings_dict(settings),
+        self.report = DemoReport(command=command, preset=settings.preset, settings=asdict(settings),
                                  environment=environment(), reference=REFERENCE)
         self.started = time.time()
         self.corpus = self.base = self.base_model = self.tasks = self.manager = None
@@ -75,15 +77,15 @@ class Demo:
         begin = time.time()
         try:
             yield record
-        except StageFailed:
-            record.status = "skipped"
-            raise
         except Exception as error:  # noqa: BLE001 - any failure of a stage is reported, the demo goes on
             record.status, record.error = "failed", one_line(error)
             with (self.out / "errors.log").open("a") as log:
                 log.write(f"--- {label}\n{traceback.format_exc()}\n")
             self.console.print(f"[red]✗ {label} failed: {record.error}")
             raise StageFailed(label) from error
+        except BaseException:  # Ctrl-C: the report is still written, with this stage marked
+            record.status = "interrupted"
+            raise
         finally:
             record.seconds = time.time() - begin
             self.report.stages.append(record)
@@ -174,7 +176,7 @@ class Demo:
                 recipe = demo_recipe(method, self.base, self.settings, seed, self.recipes_dir)
                 grown = upscale_to_folder(recipe, folder / "grown")
             with self.stage("identity", method, seed):
-                run.identity = self.identity(grown, method)
+                run.identity = self.identity(grown)
                 if method in IDENTITY_METHODS and not run.identity.held:
                     self.console.print(f"[yellow]! identity at insertion does not hold for {method}: "
                                        f"max |Δlogits| {run.identity.max_abs_diff:.2e}")
@@ -187,7 +189,7 @@ class Demo:
         except StageFailed:
             pass
 
-    def identity(self, grown: Path, method: str) -> Identity:
+    def identity(self, grown: Path) -> Identity:
         """Max |grown logits - base logits| on held-out tokens, before any training."""
         from ..load import load_model
 
@@ -260,16 +262,23 @@ class Demo:
         with self.stage("bench"):
             reference = models.get(REFERENCE) or next(iter(models.values()))
             settings = BenchSettings(train_seq_len=s.seq_len, prefill_len=s.bench_prefill, decode_tokens=s.bench_decode,
-                                     repeats=s.bench_repeats, warmup=3, threads=s.bench_threads, seed=s.seeds[0])
-            result = bench([str(p) for p in models.values()], settings, reference=str(reference), isolate=False)
-            by_name = {m.name: m for m in result.models}
+                                     repeats=max(1, s.bench_repeats // s.bench_rounds), warmup=3,
+                                     threads=s.bench_threads, seed=s.seeds[0])
+            # rounds over all models, so a burst of load on a shared CPU hits every model, not one
+            rounds = [bench([str(p) for p in models.values()], settings, reference=str(reference), isolate=False)
+                      for _ in range(s.bench_rounds)]
             for method, path in models.items():
-                m = by_name[str(path)]
+                measured = [next(m for m in result.models if m.name == str(path)) for result in rounds]
+                decode = sorted(1e3 * m.decode_s_per_token.median for m in measured)
                 self.report.bench[method] = BenchFigures(
-                    train_tokens_per_s=m.train_tokens_per_s, train_step_ms=1e3 * m.train_step_s.median,
-                    prefill_ms=1e3 * m.prefill_s.median, decode_ms_per_token=1e3 * m.decode_s_per_token.median,
-                    decode_ms_q1=1e3 * m.decode_s_per_token.q1, decode_ms_q3=1e3 * m.decode_s_per_token.q3)
-            (self.out / "bench.md").write_text(result.to_markdown())
+                    train_tokens_per_s=statistics.median(m.train_tokens_per_s for m in measured),
+                    train_step_ms=statistics.median(1e3 * m.train_step_s.median for m in measured),
+                    prefill_ms=statistics.median(1e3 * m.prefill_s.median for m in measured),
+                    decode_ms_per_token=statistics.median(decode), decode_ms_q1=decode[0], decode_ms_q3=decode[-1])
+            shapes = {method: (m.layers, m.params_total) for method, path in models.items()
+                      for m in rounds[0].models if m.name == str(path)}
+            self.report.timing_noise = timing_noise(self.report.bench, shapes)
+            (self.out / "bench.md").write_text("\n".join(result.to_markdown() for result in rounds))
 
     def write(self, plots: bool) -> None:
         from .plots import write_plots
@@ -299,14 +308,26 @@ def evenly(items: list, count: int | None) -> list:
     return [items[i * len(items) // count] for i in range(count)]
 
 
+def timing_noise(figures: dict, shapes: dict) -> dict | None:
+    """Models of one architecture (same depth and parameter count, other weights) time the same work:
+    the largest relative spread (max - min) / median within such a group is the timing noise."""
+    groups = {}
+    for method, shape in shapes.items():
+        groups.setdefault(shape, []).append(method)
+    groups = [g for g in groups.values() if len(g) >= 2]
+    if not groups:
+        return None
+
+    def spread(metric: str) -> float:
+        values = [[getattr(figures[m], metric) for m in group] for group in groups]
+        return max((max(v) - min(v)) / statistics.median(v) for v in values)
+
+    return {"groups": groups, "train_tokens_per_s": spread("train_tokens_per_s"),
+            "decode_ms_per_token": spread("decode_ms_per_token")}
+
+
 def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def settings_dict(settings: DemoSettings) -> dict:
-    from dataclasses import asdict
-
-    return asdict(settings)
 
 
 def environment() -> dict:

@@ -88,7 +88,8 @@ def latency_bars(report: DemoReport, path: Path) -> Path | None:
             axis.annotate(f"{value / reference.decode_ms_per_token:.2f}×", (i, value / 2), ha="center", va="center",
                           fontsize=9, color="white", fontweight="bold")
     axis.set_ylabel("decode latency (ms / token) ↓")
-    axis.set_title("Decode latency with the KV cache (median, interquartile range); × = ratio to LLaMA Pro")
+    axis.set_title("Decode latency with the KV cache (median over rounds, whiskers: lowest and highest round); "
+                   "× = ratio to LLaMA Pro", fontsize=9)
     axis.grid(alpha=0.3, axis="y")
     _save(figure, path)
     plt.close(figure)

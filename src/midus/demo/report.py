@@ -8,6 +8,7 @@ reference) and the paper-style Markdown table, every figure with its ratio to LL
      "rows": [Row],                    # the table: per method, the mean over the settings' seeds
      "bench": {method: BenchFigures},  # the base too, as "base"; models of the first seed
      "noise": Noise | null,            # run-to-run noise, pooled over the methods run with 2+ seeds
+     "timing_noise": {...} | null,     # bench spread among models of one architecture
      "stages": [StageRecord],          # every stage, in order, with its status, seconds and error
      "reference": "llama-pro", "total_seconds"}
 """
@@ -26,7 +27,7 @@ class StageRecord(BaseModel):
     stage: str
     method: str | None = None
     seed: int | None = None
-    status: str = Field(description="ok | failed | skipped")
+    status: str = Field(description="ok | failed | interrupted")
     seconds: float = 0.0
     error: str | None = None
 
@@ -68,12 +69,14 @@ class Run(BaseModel):
 
 
 class BenchFigures(BaseModel):
+    """Medians over the bench rounds of each round's median; decode's lowest and highest round too."""
+
     train_tokens_per_s: float
     train_step_ms: float
     prefill_ms: float
     decode_ms_per_token: float
-    decode_ms_q1: float
-    decode_ms_q3: float
+    decode_ms_q1: float = Field(description="the lowest round's decode latency")
+    decode_ms_q3: float = Field(description="the highest round's decode latency")
 
 
 class Row(BaseModel):
@@ -117,6 +120,8 @@ class DemoReport(BaseModel):
     rows: list[Row] = Field(default_factory=list)
     bench: dict[str, BenchFigures] = Field(default_factory=dict)
     noise: Noise | None = None
+    timing_noise: dict | None = Field(None, description="{groups: [[method, ...]] of one architecture, train_tokens_per_s, "
+                                                        "decode_ms_per_token: largest (max - min) / median in a group}")
     stages: list[StageRecord] = Field(default_factory=list)
     reference: str = "llama-pro"
     total_seconds: float = 0.0
@@ -262,9 +267,9 @@ def to_markdown(report: DemoReport) -> str:
             "PPL per doc: the paper's Wiki-PPL (mean of per-document perplexities). MC: the offline multiple-choice "
             "task through lm-evaluation-harness (the true 8-word continuation of a held-out passage against 3 cut "
             "from other passages; chance 25%). Train tok/s and decode latency: `midus bench` in one process "
-            f"(medians of {s.get('bench_repeats')} runs, {s.get('bench_threads') or 'default'} thread(s), models of seed "
-            f"{seeds[0] if seeds else '?'}; Base and CPT-Base share one architecture, so their gap shows the timing "
-            "noise). (×) = ratio to LLaMA Pro."]
+            f"(medians of {s.get('bench_rounds')} rounds over all models of {s.get('bench_repeats', 0) // max(1, s.get('bench_rounds', 1))} "
+            f"timed runs each, {s.get('bench_threads') or 'default'} thread(s), models of seed "
+            f"{seeds[0] if seeds else '?'}). (×) = ratio to LLaMA Pro."]
     out += ["", "## Setup", ""]
     base = report.base
     if base:
@@ -293,6 +298,10 @@ def to_markdown(report: DemoReport) -> str:
         out += [f"- {line}" for line in separation(report)]
     else:
         out.append("- Run-to-run noise: not measured (one seed per method and no noise probe).")
+    if t := report.timing_noise:
+        groups = "; ".join(" = ".join(NAMES.get(m, m) for m in g) for g in t["groups"])
+        out.append(f"- Timing noise: models of one architecture ({groups}) differ by up to {_pct(t['train_tokens_per_s'])} "
+                   f"in train tok/s and {_pct(t['decode_ms_per_token'])} in decode latency; smaller gaps are not differences.")
     env = report.environment
     out.append(f"- Machine: {env.get('device_name')}, {env.get('threads')} threads; torch {env.get('torch')}, "
                f"transformers {env.get('transformers')}, Python {env.get('python')}. Total {report.total_seconds / 60:.1f} min.")

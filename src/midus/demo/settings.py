@@ -43,7 +43,8 @@ class DemoSettings:
     mc_items: int | None = 600  # multiple-choice items from held-out paragraphs of 16+ words, spread evenly (None: all)
     eval_batch_size: int = 16
     # bench
-    bench_repeats: int = 20
+    bench_repeats: int = 21  # timed runs per model, split over the rounds
+    bench_rounds: int = 3  # every model measured once per round; figures are medians over the rounds
     bench_threads: int | None = 1  # one thread: far steadier timings on a small shared CPU (None: torch's default)
     bench_prefill: int = 128
     bench_decode: int = 32
@@ -76,12 +77,12 @@ PRESETS = {
     "quick": DemoSettings(
         preset="quick", base=BaseSettings(vocab_size=1024, hidden_size=64, intermediate_size=256, tokens=409_600),
         cpt_tokens=65_536, seeds=(0,), noise_methods=("llama-pro", "midus"), noise_seeds=(1,), cpt_evals=2,
-        mc_items=200, eval_documents=200, bench_repeats=10, bench_prefill=64, bench_decode=16),
+        mc_items=200, eval_documents=200, bench_repeats=12, bench_prefill=64, bench_decode=16),
     "test": DemoSettings(
         preset="test", base=BaseSettings(vocab_size=512, hidden_size=64, intermediate_size=256, tokens=16_384,
                                          seq_len=128, batch_size=8),
         seq_len=128, batch_size=8, cpt_tokens=4096, seeds=(0,), cpt_evals=1, cpt_eval_sequences=4,
-        eval_max_length=128, eval_stride=64, eval_documents=40, mc_items=24, bench_repeats=1, bench_prefill=16,
+        eval_max_length=128, eval_stride=64, eval_documents=40, mc_items=24, bench_repeats=1, bench_rounds=1, bench_prefill=16,
         bench_decode=4),
 }
 
