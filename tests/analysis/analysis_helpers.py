@@ -18,16 +18,6 @@ def grow(base_dir, method="midus", placement="top-heavy", new_blocks=2, **memory
     return midus.upscale(str(base_dir), recipe).eval()
 
 
-def random_projections(model, scale=0.3, seed=0):
-    """Give the zero-initialised HIVE projections values, so the memory blocks change the output."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "memory.values.proj" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    return model
-
-
 def token_batches(windows=4, seq_len=24, batch_size=2, seed=0, vocab=500):
     ids = torch.randint(5, vocab, (windows, seq_len), generator=torch.Generator().manual_seed(seed))
     return list(ids.split(batch_size))

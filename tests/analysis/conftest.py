@@ -1,7 +1,8 @@
 import json
 
 import pytest
-from analysis_helpers import grow, heldout_text, random_projections
+from analysis_helpers import grow, heldout_text
+from model_helpers import random_memory
 from transformers import AutoTokenizer
 
 from midus.checkpoint import save_model
@@ -10,7 +11,7 @@ from midus.checkpoint import save_model
 @pytest.fixture
 def grown(tiny_base):
     """A tiny MIDUS model (4 + 2 blocks: D D M* D M* D) whose memory matters."""
-    return random_projections(grow(tiny_base))
+    return random_memory(grow(tiny_base), scale=0.3)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,6 @@ def heldout_files(tmp_path_factory):
 def midus_folder(tiny_base, tmp_path_factory):
     """A tiny MIDUS checkpoint on disk, with random projections."""
     folder = tmp_path_factory.mktemp("midus") / "grown"
-    save_model(random_projections(grow(tiny_base)), AutoTokenizer.from_pretrained(tiny_base), folder)
+    save_model(random_memory(grow(tiny_base), scale=0.3), AutoTokenizer.from_pretrained(tiny_base), folder)
     return folder
 

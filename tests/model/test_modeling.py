@@ -11,6 +11,7 @@ import midus
 from midus import MidusConfig, MidusForCausalLM, Recipe
 from midus.checkpoint import save_model
 from midus.parameters import memory_parameter_names
+from model_helpers import random_memory
 
 TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
 
@@ -57,16 +58,6 @@ def test_memory_block_copies_own_storage(tiny_base):
     pointers = [p.data_ptr() for p in grown.parameters()]
     assert len(pointers) == len(set(pointers)), "grown model shares storage between tensors"
     assert memory_block.self_attn.q_proj.weight.data_ptr() != grown.model.layers[1].self_attn.q_proj.weight.data_ptr()
-
-
-def random_memory(model, seed=0):
-    """Give the zero-initialised projections values, so memory blocks change the output."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "memory.values.proj" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from growing import FAMILIES, METHOD_FIELDS, grow, tokens
 from midus.checkpoint import save_model
+from model_helpers import random_memory
 
 IDENTITY = ("none", "llama-pro", "pkm", "midus")
 
@@ -74,15 +75,6 @@ def test_memory_block_attention_is_the_family_attention(family_bases, family):
         source.self_attn.o_proj = nn.Identity()
         reference, _ = source.self_attn(x, rotary, make_mask(config=base.config, **mask_kwargs))
     torch.testing.assert_close(heads.flatten(-2), reference, atol=1e-6, rtol=0)
-
-
-def random_memory(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "memory.values.proj" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
 
 
 @pytest.mark.parametrize("family", ["qwen2", "mistral"])
