@@ -12,7 +12,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from transformers import AutoTokenizer  # noqa: E402
+
 from midus.tiny import write_tiny_llama  # noqa: E402
+from model_helpers import FAMILIES, write_family_base  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +28,11 @@ def tiny_base(tmp_path_factory):
 def tiny_base_8(tmp_path_factory):
     """A tiny random Llama with 8 blocks, for placement policies that need room."""
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-base-8") / "base", layers=8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def family_bases(tiny_base, tmp_path_factory):
+    """{family: folder} for qwen2, qwen3 and mistral tiny bases (4 blocks, d 64)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    root = tmp_path_factory.mktemp("family-bases")
+    return {family: write_family_base(root / family, family, tokenizer) for family in FAMILIES}

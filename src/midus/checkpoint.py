@@ -62,6 +62,10 @@ def check_family(config, name: str) -> None:
             f"base {name}: model_type {config.model_type!r} is not a supported decoder; "
             f"supported Llama-family decoders: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % 2:
+        raise MidusError(f"base {name}: head_dim={head_dim} is odd; RoPE and the memory's product keys split "
+                         "each head in two halves, so it must be even")
 
 
 def load_base(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, object]:

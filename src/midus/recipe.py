@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .errors import UsageError
-from .model.retrieval import MAX_SLOTS
+from .model.configuration_midus import MEMORY_DEFAULTS, MIN_SIZES, QUERY_NORMS, VALUE_KINDS, check_memory
 from .schema import Strict, YamlModel
 
 METHODS = ("none", "solar", "llama-pro", "lesa", "pkm", "midus")
@@ -25,26 +25,30 @@ class RecipeError(UsageError):
 
 
 class MemorySettings(Strict):
-    """The memory layers of `midus` (HML) and `pkm` blocks."""
+    """The memory layers of `midus` (HML) and `pkm` blocks. Defaults and checks are the model config's
+    (`midus.model.configuration_midus`), so a recipe and a hand-edited config.json are held to the same rules."""
 
-    n_keys: int = Field(64, ge=2, strict=True, description="n: sub-keys per half; each head has n*n slots (n*n < 2^31)")
-    topk: int = Field(32, ge=1, strict=True, description="k: slots retrieved per head and token (1 <= k <= n)")
-    latent_dim: int = Field(64, ge=1, strict=True, description="r: width of the HIVE latent bank")
-    values: Literal["hive", "per-head", "shared"] = Field(
-        "hive", description="value realisation: hive (latent bank + per-head projections), per-head tables, one shared table")
-    query_norm: Literal["none", "rms", "layer"] = Field("rms", description="parameter-free norm of each head's query")
-    share_bank: bool = Field(False, description="midus only: one bank for all memory blocks, owned by the model")
-    pkm_heads: int = Field(4, ge=1, strict=True, description="pkm only: heads of its query projection")
-    pkm_key_dim: int = Field(128, ge=2, strict=True, description="pkm only: query/key width per head (even)")
+    n_keys: int = Field(MEMORY_DEFAULTS["n_keys"], ge=MIN_SIZES["n_keys"], strict=True,
+                        description="n: sub-keys per half; each head has n*n slots (n*n < 2^31)")
+    topk: int = Field(MEMORY_DEFAULTS["topk"], ge=MIN_SIZES["topk"], strict=True,
+                      description="k: slots retrieved per head and token (1 <= k <= n)")
+    latent_dim: int = Field(MEMORY_DEFAULTS["latent_dim"], ge=MIN_SIZES["latent_dim"], strict=True,
+                            description="r: width of the HIVE latent bank")
+    values: Literal[VALUE_KINDS] = Field(
+        MEMORY_DEFAULTS["values"],
+        description="value realisation: hive (latent bank + per-head projections), per-head tables, one shared table")
+    query_norm: Literal[QUERY_NORMS] = Field(MEMORY_DEFAULTS["query_norm"],
+                                             description="parameter-free norm of each head's query")
+    share_bank: bool = Field(MEMORY_DEFAULTS["share_bank"],
+                             description="midus only: one bank for all memory blocks, owned by the model")
+    pkm_heads: int = Field(MEMORY_DEFAULTS["pkm_heads"], ge=MIN_SIZES["pkm_heads"], strict=True,
+                           description="pkm only: heads of its query projection")
+    pkm_key_dim: int = Field(MEMORY_DEFAULTS["pkm_key_dim"], ge=MIN_SIZES["pkm_key_dim"], strict=True,
+                             description="pkm only: query/key width per head (even)")
 
     @model_validator(mode="after")
     def _sizes(self):
-        if self.topk > self.n_keys:
-            raise ValueError(f"topk={self.topk} exceeds n_keys={self.n_keys}: top-k is taken over n sub-keys")
-        if self.n_keys**2 > MAX_SLOTS:
-            raise ValueError(f"n_keys={self.n_keys} gives {self.n_keys**2} slots, more than the int32 slot index holds ({MAX_SLOTS})")
-        if self.pkm_key_dim % 2:
-            raise ValueError(f"pkm_key_dim={self.pkm_key_dim} must be even (it is split into two halves)")
+        check_memory(self.model_dump())
         return self
 
 

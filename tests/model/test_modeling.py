@@ -7,23 +7,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import midus
-from midus import MidusConfig, MidusForCausalLM, Recipe
+from midus import MidusConfig, MidusForCausalLM
 from midus.checkpoint import save_model
 from midus.parameters import memory_parameter_names
-from model_helpers import random_memory
-
-TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
+from model_helpers import TINY_MEMORY, random_memory, tokens
+from model_helpers import grow as grow_by
 
 
 def grow(base_dir, placement="top-heavy", new_blocks=2, **memory):
-    recipe = Recipe.parse({"base": str(base_dir), "method": "midus", "new_blocks": new_blocks, "placement": placement,
-                           "dtype": "float32", "memory": {**TINY_MEMORY, **memory}})
-    return midus.upscale(str(base_dir), recipe)
-
-
-def tokens(n=12, batch=2, seed=0, vocab=500):
-    return torch.randint(5, vocab, (batch, n), generator=torch.Generator().manual_seed(seed))
+    return grow_by(base_dir, "midus", placement=placement, new_blocks=new_blocks, memory={**TINY_MEMORY, **memory})
 
 
 @pytest.mark.parametrize("placement", ["distributed", "top-heavy", "bottom-heavy", [0, 0, 5]])
@@ -58,19 +50,6 @@ def test_memory_block_copies_own_storage(tiny_base):
     pointers = [p.data_ptr() for p in grown.parameters()]
     assert len(pointers) == len(set(pointers)), "grown model shares storage between tensors"
     assert memory_block.self_attn.q_proj.weight.data_ptr() != grown.model.layers[1].self_attn.q_proj.weight.data_ptr()
-
-
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_cached_decoding_equals_full_forward(tiny_base, attn):
-    model = random_memory(grow(tiny_base)).eval()
-    model.config._attn_implementation = attn
-    prompt = tokens(n=6, batch=1, seed=2)
-    with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20,
-                             output_logits=True, return_dict_in_generate=True)
-        full = model(out.sequences).logits  # no cache: one forward over prompt + continuation
-    for step, step_logits in enumerate(out.logits):
-        torch.testing.assert_close(step_logits[0], full[0, prompt.shape[1] - 1 + step], atol=1e-4, rtol=1e-4)
 
 
 def test_memory_changes_output_once_projection_is_nonzero(tiny_base):
@@ -226,7 +205,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_base):
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     plain = gradients()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     checkpointed = gradients()
     assert plain.keys() == checkpointed.keys() and any("retrieval.keys" in n for n in plain)
     for name in plain:

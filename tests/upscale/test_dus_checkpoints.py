@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 from transformers import LlamaForCausalLM
 
-from growing import METHOD_FIELDS, tokens
+from model_helpers import METHOD_FIELDS, tokens
 from midus.cli import app
 from midus.parameters import new_block_parameter_names, new_layer_indices
 

@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from growing import grow, tokens
+from model_helpers import grow, tokens
 from midus.recipe import LesaSettings
 from midus.upscale.lesa import WEIGHT_KINDS, factorize, predict_layer, train_predictor
 

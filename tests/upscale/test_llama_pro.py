@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from growing import grow, tokens
+from model_helpers import grow, tokens
 
 
 @pytest.mark.parametrize("placement, new_blocks", [

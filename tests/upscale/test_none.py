@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from growing import grow
+from model_helpers import grow
 from midus.parameters import new_layer_indices
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from growing import grow, recipe
+from model_helpers import grow, recipe
 from midus.recipe import RecipeError
 from midus.upscale.solar import solar_layout, solar_overlap
 

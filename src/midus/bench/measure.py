@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from ..errors import UsageError
 from ..load import LoadedModel, load_model, max_positions
+from ..model.compat import CACHE_ARG, OUTPUT_CACHE
 from ..parameters import count_parameters, new_block_parameter_names
 
 
@@ -181,7 +182,7 @@ def inference_runs(model, ids: torch.Tensor, settings: BenchSettings, device) ->
             out = cache["out"]
             for _ in range(settings.decode_tokens):
                 token = out.logits[:, -1:].argmax(-1)
-                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+                out = model(input_ids=token, use_cache=True, **{CACHE_ARG: getattr(out, OUTPUT_CACHE)})
 
         seconds = timed(do_prefill, device), timed(do_decode, device)
         if record:

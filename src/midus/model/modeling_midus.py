@@ -19,7 +19,7 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
     LlamaDecoderLayer,
@@ -33,6 +33,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2Decode
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer
 from transformers.utils import can_return_tuple
 
+from .compat import CACHE_NAMES, CACHE_ARG, MASK_CACHE, OUTPUT_CACHE, keep_last, take_cache
 from .configuration_midus import MidusConfig
 from .hml import HeadwiseMemoryLayer, ProductKeyMemory, ProductKeys
 from .values import HiveValues, MemoryValues, ZeroInitLinear
@@ -56,7 +57,7 @@ class MidusHeadsAttention(LlamaAttention):
         sliding = config.layer_types[layer_idx] == "sliding_attention"
         self.sliding_window = config.sliding_window if sliding else None
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, **kwargs):
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape)
         key = self.k_proj(hidden_states).view(hidden_shape)
@@ -65,8 +66,8 @@ class MidusHeadsAttention(LlamaAttention):
         query, key = query.transpose(1, 2), key.transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -88,11 +89,13 @@ class MidusMemoryBlock(GradientCheckpointingLayer):
         self.self_attn = MidusHeadsAttention(config, layer_idx)
         self.memory = HeadwiseMemoryLayer(config, owns_bank=not config.memory["share_bank"])
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False, position_embeddings=None, shared_bank=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, use_cache=False,
+                position_embeddings=None, shared_bank=None, **kwargs):
+        # the cache comes under transformers' name, so that gradient checkpointing can drop it
+        cache = kwargs.pop(CACHE_ARG, None)
         heads_output = self.self_attn(
             self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
-            attention_mask=attention_mask, past_key_values=past_key_values, **kwargs,
+            attention_mask=attention_mask, cache=cache, **kwargs,
         )
         return hidden_states + self.memory(heads_output, shared_bank)
 
@@ -121,7 +124,7 @@ class MidusPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = [*(layer.__name__ for layer in DECODER_LAYERS.values()), "MidusMemoryBlock", "MidusPKMBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_NAMES)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -178,18 +181,21 @@ class MidusModel(MidusPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """The KV cache comes as `cache=` (transformers >= 5.24) or `past_key_values=` (before)."""
+        cache = take_cache(cache, past_key_values, kwargs)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if use_cache is None:
             use_cache = self.config.use_cache
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
@@ -197,8 +203,8 @@ class MidusModel(MidusPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **{MASK_CACHE: cache},
         )
         masks = {"full_attention": create_causal_mask(**mask_kwargs)}  # one mask per layer type
         if "sliding_attention" in self.config.layer_types:
@@ -212,13 +218,13 @@ class MidusModel(MidusPreTrainedModel):
                 attention_mask=masks[layer_type],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{CACHE_ARG: cache},
                 **extra,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{OUTPUT_CACHE: cache})
 
 
 class MidusForCausalLM(MidusPreTrainedModel, GenerationMixin):
@@ -242,23 +248,23 @@ class MidusForCausalLM(MidusPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=take_cache(cache, past_key_values, kwargs),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+        logits = self.lm_head(keep_last(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{OUTPUT_CACHE: getattr(outputs, OUTPUT_CACHE)})
 
 
 __all__ = ["MidusPreTrainedModel", "MidusModel", "MidusForCausalLM", "MidusMemoryBlock", "MidusPKMBlock"]

@@ -22,6 +22,9 @@ from .rundir import RunFolder, checkpoint_step
 from .trainer import MidusTrainer, RunCallback
 
 TRAINABLE_FAMILIES = (*SUPPORTED_MODEL_TYPES, "midus")
+# transformers 5.24 renamed TrainingArguments.gradient_checkpointing (kept as a deprecated alias until v6)
+CHECKPOINTING_ARGUMENT = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                          else "gradient_checkpointing")
 
 
 def train(config: TrainConfig, overwrite: bool = False) -> Path:
@@ -89,7 +92,7 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
         gradient_accumulation_steps=config.gradient_accumulation(processes),
         learning_rate=config.lr, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         bf16=config.precision == "bf16",
-        activation_checkpointing=config.gradient_checkpointing and not config.fsdp,
+        **{CHECKPOINTING_ARGUMENT: config.gradient_checkpointing and not config.fsdp},
         seed=config.seed, full_determinism=config.deterministic,
         logging_steps=config.log_interval, logging_nan_inf_filter=False,
         eval_strategy="steps" if evaluate and config.eval_interval else "no",

@@ -24,7 +24,8 @@ class MidusTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.train_config, self.run = train_config, run
         self.step_loss = None  # sum of this step's micro-batch losses (this process)
-        self.clock = None  # (step, time) of the previous training record
+        self.clock = None  # (step, time) of the previous training record, or of the (re)start
+        self.add_callback(TrainingClock(self))
 
     # --- the optimiser rule --------------------------------------------------------------------------
 
@@ -77,7 +78,7 @@ class MidusTrainer(Trainer):
         step = self.state.global_step
         if "loss" in logs:
             now = time.time()
-            last_step, last_time = self.clock or (self._initial_global_step, start_time or now)
+            last_step, last_time = self.clock
             tokens_per_step = self.train_config.tokens_per_step
             logs["tokens"] = step * tokens_per_step
             if now > last_time and step > last_step:
@@ -87,6 +88,16 @@ class MidusTrainer(Trainer):
         if "eval_loss" in logs:
             logs["eval_ppl"] = math.exp(logs["eval_loss"]) if logs["eval_loss"] < 700 else math.inf
         super().log(logs, start_time)
+
+
+class TrainingClock(TrainerCallback):
+    """Starts the tokens/s clock where training (re)starts: after a resume, at the resumed step."""
+
+    def __init__(self, trainer: MidusTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.clock = (state.global_step, time.time())
 
 
 class RunCallback(TrainerCallback):
