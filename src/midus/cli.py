@@ -223,19 +223,53 @@ def analyze(
 
 @app.command()
 @one_line_errors
+def compare(
+    experiment: Annotated[str, typer.Argument(help="experiment YAML (see experiments/), or an embedded one: tiny, tiny-quick, tiny-test")],
+    out: Path = typer.Option(None, "--out", help="output folder (default runs/compare-<name>); rerun to resume"),
+    set_: Annotated[list[str], typer.Option("--set", help="override any field: KEY=VALUE (YAML value), e.g. seeds=[0,1,2]")] = [],
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a folder that holds another experiment"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (per method: layers, parameters, FLOPs, tokens) and stop; no download"),
+    launcher: str = typer.Option(None, "--launcher", help="process | torchrun: how CPT runs (default: the experiment's)"),
+    nproc_per_node: int = typer.Option(None, "--nproc-per-node", help="with --launcher torchrun: processes per node"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="embedded base: where the corpus and the base are cached (default $MIDUS_CACHE or ~/.cache/midus)"),
+):
+    """The paper's comparison for any base: grow with every method, equal-token CPT, evaluate, bench;
+    writes results.md, results.json and plots to OUT. A rerun skips the finished stages."""
+    from .compare import load_experiment, plan, plan_markdown, run_comparison
+    from .train.config import parse_override
+
+    overrides = dict(parse_override(text) for text in set_)
+    if launcher is not None:
+        overrides["launcher.kind"] = launcher
+    if nproc_per_node is not None:
+        overrides["launcher.nproc_per_node"] = nproc_per_node
+    parsed = load_experiment(experiment, overrides)
+    if dry_run:
+        typer.echo(plan_markdown(plan(parsed)))
+        return
+    out = out or Path("runs") / f"compare-{parsed.name}"
+    command = " ".join(["midus compare", experiment, *(f"--set {t}" for t in set_), *(["--out", str(out)])])
+    report = run_comparison(parsed, out, overwrite=overwrite, cache_dir=cache_dir, command=command)
+    typer.echo((out / "results.md").read_text())
+    if report.failures():
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
 def demo(
     quick: bool = typer.Option(False, "--quick", help="every stage at a smaller size (about 2 minutes instead of 10 on 2 CPU cores)"),
-    out: Path = typer.Option(None, "--out", help="output folder (default runs/demo, or runs/demo-quick); a previous demo's is replaced"),
+    out: Path = typer.Option(None, "--out", help="output folder (default runs/demo, or runs/demo-quick); rerun to resume"),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="where the corpus and the base are cached (default $MIDUS_CACHE or ~/.cache/midus)"),
-    recipes: Path = typer.Option(None, "--recipes", help="folder of the tiny recipes the methods grow by (default the repository's recipes/tiny)"),
 ):
-    """The whole pipeline on the embedded default: corpus, base, every growth method, equal-token CPT,
-    held-out evaluation, bench; writes results.md, results.json and plots to OUT."""
-    from .demo import preset, run_demo
+    """The main job on the embedded default: `midus compare tiny` (or tiny-quick), writing results.md,
+    results.json and plots to OUT."""
+    from .compare import load_experiment, run_comparison
 
-    command = "midus demo" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
+    name = "tiny-quick" if quick else "tiny"
     out = out or Path("runs") / ("demo-quick" if quick else "demo")
-    report = run_demo(preset("quick" if quick else "default"), out, cache_dir=cache_dir, recipes_dir=recipes, command=command)
+    command = "midus demo" + (" --quick" if quick else "") + f" --out {out}"
+    report = run_comparison(load_experiment(name), out, overwrite=True, cache_dir=cache_dir, command=command)
     typer.echo((out / "results.md").read_text())
     if report.failures():
         raise typer.Exit(1)

@@ -1,53 +1,52 @@
-"""The embedded base: a BPE tokenizer and a tiny Llama trained from scratch on the corpus's
-pre-training part with `midus train`, cached so that a second demo skips it.
+"""The embedded base: a BPE tokenizer and a tiny Llama trained from scratch on the embedded corpus's
+pre-training part with `midus train`, cached so that a second comparison skips it.
 
     <cache>/demo-base-<key>/init/        the randomly initialised Llama with the tokenizer
     <cache>/demo-base-<key>/run/         the `midus train` run folder (an interrupted build resumes)
     <cache>/demo-base-<key>/run/model/   the base: a plain LlamaForCausalLM folder with its tokenizer
 
-The key hashes the corpus's key and every setting below, so another setting builds another base.
+The key hashes the corpus's key and every model setting (`EmbeddedModelSpec`), so another setting
+builds another base.
 """
 
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from transformers import LlamaConfig
+
 from ..checkpoint import atomic_dir
-from ..data.corpus import Corpus, cache_root
+from ..data.corpus import Corpus, CorpusSettings, cache_root
 from ..data.tokenizer import train_bpe_tokenizer
 from ..tiny import write_tiny_llama
+from .experiment import CorpusSpec, EmbeddedModelSpec
 
 BASE_VERSION = 1  # bump when the way the base is built changes
 
 
-@dataclass(frozen=True)
-class BaseSettings:
-    vocab_size: int = 2048
-    layers: int = 4  # the tiny recipes grow 4 blocks to 6
-    hidden_size: int = 128
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate_size: int = 512  # 4d, as Llama-3.2-1B (so a copied block costs what it does there)
-    max_positions: int = 512
-    seq_len: int = 256
-    batch_size: int = 4  # small batches, many steps: a tiny model learns far more per token
-    tokens: int = 819_200  # 800 steps, ~6 epochs of the pre-training part: its loss on unseen modules has levelled off
-    lr: float = 2e-3
-    warmup: float = 0.05
-    seed: int = 0
-
-    def key(self, corpus_key: str) -> str:
-        identity = {"version": BASE_VERSION, "corpus": corpus_key, **asdict(self)}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+def base_key(settings: EmbeddedModelSpec, corpus_key: str) -> str:
+    identity = {"version": BASE_VERSION, "corpus": corpus_key, **settings.model_dump()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def base_folder(corpus: Corpus, settings: BaseSettings, cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or cache_root()) / f"demo-base-{settings.key(corpus.settings.key())}"
+def corpus_settings(spec: CorpusSpec) -> CorpusSettings:
+    return CorpusSettings(**spec.model_dump())
 
 
-def build_base(corpus: Corpus, settings: BaseSettings, cache_dir: str | Path | None = None) -> Path:
+def embedded_config(settings: EmbeddedModelSpec) -> LlamaConfig:
+    """The base's architecture (before its tokenizer exists: the vocabulary at its target size)."""
+    return LlamaConfig(vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
+                       intermediate_size=settings.intermediate_size, num_hidden_layers=settings.layers,
+                       num_attention_heads=settings.heads, num_key_value_heads=settings.kv_heads,
+                       max_position_embeddings=settings.max_positions, tie_word_embeddings=False)
+
+
+def base_folder(corpus: Corpus, settings: EmbeddedModelSpec, cache_dir: str | Path | None = None) -> Path:
+    return Path(cache_dir or cache_root()) / f"demo-base-{base_key(settings, corpus.settings.key())}"
+
+
+def build_base(corpus: Corpus, settings: EmbeddedModelSpec, cache_dir: str | Path | None = None) -> Path:
     """The base model folder: from the cache, or built now (an interrupted build resumes from its checkpoint)."""
     from ..train import TrainConfig, train
 
@@ -70,5 +69,5 @@ def build_base(corpus: Corpus, settings: BaseSettings, cache_dir: str | Path | N
         "seq_len": settings.seq_len, "max_tokens": settings.tokens, "batch_size": settings.batch_size,
         "micro_batch_size": settings.batch_size, "lr": settings.lr, "warmup": settings.warmup,
         "seed": settings.seed, "log_interval": log_interval, "save_interval": 10 * log_interval, "keep_checkpoints": 1,
-    }, source="demo base")
+    }, source="embedded base")
     return train(config)

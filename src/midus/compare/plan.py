@@ -1,0 +1,82 @@
+"""Before anything runs: every recipe grows the base (on the meta device), every CPT config and task
+is valid; and `--dry-run`'s plan: per method the layers, parameters, FLOPs and token budget."""
+
+from ..checkpoint import load_config
+from ..errors import MidusError, UsageError
+from .experiment import EMBEDDED_MC_TASK, Experiment, ExperimentError
+
+PLACEHOLDER_DATA = {"files": ["embedded-cpt-part.jsonl"]}  # the embedded CPT part, before the corpus exists
+
+
+def base_config(experiment: Experiment):
+    if experiment.embedded:
+        from .embedded import embedded_config
+
+        return embedded_config(experiment.base.embedded)
+    return load_config(experiment.base)
+
+
+def check(experiment: Experiment, config=None) -> dict:
+    """Every problem an experiment can have before it runs, as one line; returns, per method, its
+    recipe, the grown model on the meta device and its CPT config."""
+    from ..evaluate import resolve_tasks, task_manager
+    from ..upscale import grow_on_meta
+
+    config = config if config is not None else base_config(experiment)
+    data = PLACEHOLDER_DATA if experiment.embedded else None
+    planned = {}
+    for name in experiment.method_names:
+        recipe = experiment.recipe(name, "base" if experiment.embedded else experiment.base, experiment.seeds[0])
+        try:
+            model = grow_on_meta(recipe, config)
+        except (MidusError, UsageError) as error:
+            raise ExperimentError(f"methods.{name}: {error}") from None
+        planned[name] = (recipe, model, experiment.train_config(name, "model", "cpt", experiment.seeds[0], data))
+    tasks = [t for t in experiment.evaluation.tasks if t != EMBEDDED_MC_TASK]
+    if tasks:
+        include = [str(experiment.path(p)) for p in experiment.evaluation.include_paths]
+        try:
+            resolve_tasks(tasks, task_manager(include, tasks))
+        except (MidusError, UsageError) as error:
+            raise ExperimentError(f"evaluation.tasks: {error}") from None
+    return planned
+
+
+def plan(experiment: Experiment, config=None) -> dict:
+    """What `midus compare` would run, from the base's config alone (no weights, no data)."""
+    from ..inspect import describe
+
+    config = config if config is not None else base_config(experiment)
+    rows = []
+    for name, (recipe, model, cpt) in check(experiment, config).items():
+        report = describe(model, name=name, recipe=recipe, trainable=cpt.trainable, context=cpt.seq_len)
+        tokens = cpt.total_steps * cpt.tokens_per_step
+        rows.append({"method": name, "recipe_method": recipe.method, "layers": report["num_layers"],
+                     "parameters": report["parameters"]["total"], "added": report["parameters"]["added"],
+                     "trainable": report["parameters"]["trainable"],
+                     "flops_per_token": report["flops_per_token"]["total"],
+                     "cpt_tokens_per_run": tokens, "runs": len(experiment.seeds)})
+    probe = experiment.noise_probe
+    probe_runs = {m: len([s for s in probe.seeds if s not in experiment.seeds]) for m in probe.methods} if probe else {}
+    for row in rows:
+        row["runs"] += probe_runs.get(row["method"], 0)
+        row["cpt_tokens"] = row["runs"] * row["cpt_tokens_per_run"]
+    return {"experiment": experiment.name, "base": "embedded" if experiment.embedded else experiment.base,
+            "base_layers": config.num_hidden_layers, "seeds": experiment.seeds, "reference": experiment.reference,
+            "methods": rows, "cpt_tokens": sum(r["cpt_tokens"] for r in rows),
+            "stages": experiment.stage_count}
+
+
+def plan_markdown(summary: dict) -> str:
+    ref = next(r for r in summary["methods"] if r["method"] == summary["reference"])
+    lines = [f"# plan: {summary['experiment']} (base {summary['base']}, {summary['base_layers']} layers; "
+             f"seeds {', '.join(map(str, summary['seeds']))})", "",
+             "| method | recipe | layers | parameters | added | trainable | FLOPs/token | CPT tokens per run | runs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in summary["methods"]:
+        ratio = f" ({r['added'] / ref['added']:.2f}×)" if ref["added"] else ""
+        lines.append(f"| {r['method']} | {r['recipe_method']} | {r['layers']} | {r['parameters']:,} | {r['added']:,}{ratio} "
+                     f"| {r['trainable']:,} | {r['flops_per_token']:,} | {r['cpt_tokens_per_run']:,} | {r['runs']} |")
+    lines += ["", f"CPT in all: {summary['cpt_tokens']:,} tokens; {summary['stages']} stages. (×) = added parameters "
+              f"relative to {summary['reference']}. FLOPs/token: forward, at the CPT sequence length."]
+    return "\n".join(lines) + "\n"

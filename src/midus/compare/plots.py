@@ -1,0 +1,132 @@
+"""A comparison's charts: CPT loss curves of every method on one chart, added parameters vs perplexity,
+accuracy per task with error bars, decode latency bars. Each is written to a temporary name and
+renamed, so no PNG is ever half-written."""
+
+from pathlib import Path
+
+from .report import CompareReport, label
+
+COLORS = {"none": "tab:gray", "solar": "tab:orange", "llama-pro": "tab:blue", "lesa": "tab:purple",
+          "pkm": "tab:brown", "midus": "tab:red", "base": "black"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    figure.tight_layout()
+    figure.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    return path
+
+
+def loss_curves(report: CompareReport, path: Path) -> Path | None:
+    first = report.experiment["seeds"][0]
+    runs = [r for r in report.runs if r.seed == first and r.cpt is not None and r.cpt.curve]
+    if not runs:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for r in runs:
+        color = COLORS.get(r.method)
+        axis.plot(*zip(*r.cpt.curve), color=color, linewidth=1.2, label=f"{label(r.method)} train")
+        if r.cpt.eval_curve:
+            axis.plot(*zip(*r.cpt.eval_curve), "o--", color=color, markersize=4, linewidth=0.8)
+    axis.set_xlabel("CPT tokens")
+    axis.set_ylabel("cross-entropy (nats/token)")
+    axis.set_title(f"Continued pre-training, seed {first}: training loss (solid), held-out loss (dashed)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def params_vs_perplexity(report: CompareReport, path: Path) -> Path | None:
+    kind = next((k for k in ("document", "rolling") if any(k in r.perplexity for r in report.rows)), None)
+    runs = [r for r in report.rows if r.params_added is not None and kind in r.perplexity and r.method != "base"]
+    if not runs:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for i, r in enumerate(sorted(runs, key=lambda r: (r.params_added, r.perplexity[kind]))):
+        axis.errorbar(r.params_added / 1e3, r.perplexity[kind], yerr=r.perplexity_spread.get(kind), fmt="o",
+                      markersize=8, capsize=4, color=COLORS.get(r.method))
+        axis.annotate(label(r.method), (r.params_added / 1e3, r.perplexity[kind]), textcoords="offset points",
+                      xytext=(8, 8 if i % 2 else -12), fontsize=9)
+    axis.margins(x=0.15, y=0.3)
+    base = report.row("base")
+    axis.set_xlabel("added parameters (thousands)")
+    axis.set_ylabel(f"held-out perplexity ({kind}), mean over seeds ↓")
+    axis.set_title("Added parameters vs held-out perplexity after equal-token CPT"
+                   + (f"\n(the base before CPT: {base.perplexity[kind]:.2f})" if base and kind in base.perplexity else ""),
+                   fontsize=10)
+    axis.grid(alpha=0.3)
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def accuracy_bars(report: CompareReport, path: Path) -> Path | None:
+    """Per task, one bar per method: the mean over seeds, whiskers lm-eval's standard error of one run
+    (or half the range over seeds, where larger)."""
+    tasks = list(dict.fromkeys(t for r in report.rows for t in r.tasks))
+    rows = [r for r in report.rows if r.tasks]
+    if not tasks or not rows:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(tasks) * len(rows) / 3), 4.5))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        values = [100 * r.tasks[t].value if t in r.tasks else 0 for t in tasks]
+        errors = [100 * max(r.tasks[t].stderr or 0, r.task_spread.get(t, 0)) if t in r.tasks else 0 for t in tasks]
+        axis.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(tasks))], values, width, yerr=errors,
+                 capsize=2, color=COLORS.get(r.method), label=label(r.method))
+    axis.set_xticks(range(len(tasks)), [f"{t}\n({rows[0].tasks[t].metric})" if t in rows[0].tasks else t for t in tasks],
+                    fontsize=8)
+    axis.set_ylabel("score (%) ↑")
+    axis.set_title("Per task, mean over seeds; whiskers: standard error of one run or half the seed range", fontsize=9)
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=7, ncol=min(4, len(rows)))
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def latency_bars(report: CompareReport, path: Path) -> Path | None:
+    methods = [m for m in ["base", *[m["name"] for m in report.experiment["methods"]]] if m in report.bench]
+    if not methods:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figures = [report.bench[m] for m in methods]
+    values = [f.decode_ms_per_token for f in figures]
+    errors = [[f.decode_ms_per_token - f.decode_ms_low for f in figures],
+              [f.decode_ms_high - f.decode_ms_per_token for f in figures]]
+    axis.bar(range(len(methods)), values, yerr=errors, capsize=4, color=[COLORS.get(m, "tab:blue") for m in methods])
+    axis.set_xticks(range(len(methods)), [label(m) for m in methods], rotation=15)
+    reference = report.bench.get(report.reference)
+    for i, value in enumerate(values):
+        if reference is not None:
+            axis.annotate(f"{value / reference.decode_ms_per_token:.2f}×", (i, value / 2), ha="center", va="center",
+                          fontsize=9, color="white", fontweight="bold")
+    axis.set_ylabel("decode latency (ms / token) ↓")
+    axis.set_title("Decode latency with the KV cache (median over rounds, whiskers: lowest and highest round); "
+                   f"× = ratio to {label(report.reference)}", fontsize=9)
+    axis.grid(alpha=0.3, axis="y")
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def write_plots(report: CompareReport, out_dir: Path) -> list[Path]:
+    made = [loss_curves(report, out_dir / "cpt_loss.png"), params_vs_perplexity(report, out_dir / "params_vs_ppl.png"),
+            accuracy_bars(report, out_dir / "accuracy.png"), latency_bars(report, out_dir / "latency.png")]
+    return [p for p in made if p is not None]

@@ -1,0 +1,376 @@
+"""A comparison's results: one JSON document (schema `midus.compare/1`; the pydantic models below are
+the reference) and the paper-style Markdown table, every figure with its ratio to the reference.
+
+    {"schema": "midus.compare/1", "command", "experiment": {...the validated experiment...},
+     "environment", "corpus": {part: {documents, modules, characters, tokens}} (embedded base only),
+     "base": {name, parameters, layers, ...},
+     "runs": [Run],                    # one per (method, seed), and the base's ("base": no growth, no CPT)
+     "rows": [Row],                    # the table: per method, the mean over the experiment's seeds
+     "bench": {method: BenchFigures},  # the base too, as "base"; the models of the first seed
+     "noise": Noise | null,            # run-to-run noise, pooled over the methods run with 2+ seeds
+     "separations": [Separation],      # each method's gap to the reference against that noise
+     "timing_noise": {...} | null,     # bench spread among models of one architecture
+     "stages": [StageRecord],          # every stage, in order: status, seconds, error, resumed
+     "reference", "total_seconds"}
+"""
+
+import math
+import statistics
+
+from pydantic import BaseModel, Field
+
+SCHEMA = "midus.compare/1"
+NAMES = {"base": "Base (no CPT)", "none": "CPT-Base", "solar": "SOLAR", "llama-pro": "LLaMA Pro", "lesa": "LESA",
+         "pkm": "PKM", "midus": "MIDUS (HML)"}
+
+
+def label(method: str) -> str:
+    return NAMES.get(method, method)
+
+
+class StageRecord(BaseModel):
+    stage: str
+    method: str | None = None
+    seed: int | None = None
+    status: str = Field(description="ok | failed | interrupted")
+    seconds: float = 0.0
+    error: str | None = None
+    resumed: bool = Field(False, description="finished by an earlier run of the same comparison: not redone")
+
+
+class Identity(BaseModel):
+    max_abs_diff: float = Field(description="max |grown logits - base logits| on held-out tokens, before CPT")
+    tolerance: float
+    held: bool
+
+
+class Cpt(BaseModel):
+    tokens: int
+    steps: int
+    seconds: float | None
+    final_loss: float | None
+    eval_loss: float | None = Field(description="held-out loss at the end of CPT (the trainer's own evaluation)")
+    curve: list[tuple[int, float]] = Field(description="(training tokens, training loss) per log step")
+    eval_curve: list[tuple[int, float]] = Field(description="(training tokens, held-out loss) per evaluation")
+
+
+class TaskScore(BaseModel):
+    value: float = Field(description="the headline metric (a fraction for accuracies)")
+    metric: str
+    stderr: float | None = Field(description="lm-eval's standard error")
+    samples: int | None = None
+
+
+class Run(BaseModel):
+    """One method grown and trained with one seed (`base`: the base itself, no growth, no CPT)."""
+
+    method: str
+    seed: int
+    probe: bool = Field(False, description="run for the noise estimate only (not in the table's means)")
+    layers: int | None = None
+    params_total: int | None = None
+    params_added: int | None = None
+    identity: Identity | None = None
+    cpt: Cpt | None = None
+    perplexity: dict[str, float] = Field(default_factory=dict, description="rolling and/or document (Wiki-PPL)")
+    tasks: dict[str, TaskScore] = Field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> bool:
+        return bool(self.perplexity or self.tasks)
+
+
+class Row(BaseModel):
+    """One line of the table: a method's figures, the mean over its finished runs of the experiment's seeds."""
+
+    method: str
+    seeds: list[int]
+    layers: int | None = None
+    params_total: int | None = None
+    params_added: int | None = None
+    perplexity: dict[str, float] = Field(default_factory=dict)
+    perplexity_spread: dict[str, float] = Field(default_factory=dict, description="(max - min) / 2 over the seeds")
+    tasks: dict[str, TaskScore] = Field(default_factory=dict, description="means over the seeds; stderr: one run's")
+    task_spread: dict[str, float] = Field(default_factory=dict)
+    average: float | None = Field(None, description="mean of the accuracy tasks' headline values")
+
+
+class Noise(BaseModel):
+    """Run-to-run noise: the standard deviation of one run's figure over seeds (grown and trained
+    again), pooled over every method with two or more finished seeds."""
+
+    methods: list[str]
+    seeds: list[int]
+    perplexity_sd: dict[str, float] = Field(description="relative SD of one run's perplexity (a fraction of its mean)")
+    task_sd: dict[str, float] = Field(description="SD of one run's headline value (absolute)")
+
+
+class Separation(BaseModel):
+    """A method's gap to the reference against the noise of that gap: with the pooled SD s of one
+    run, means over n and n_ref seeds differ by noise alone with SD s*sqrt(1/n + 1/n_ref); a gap
+    beyond twice that is called a separation."""
+
+    method: str
+    figure: str = Field(description="ppl_<kind> (gap relative) or a task (gap absolute)")
+    gap: float
+    threshold: float
+    beyond: bool
+
+
+class BenchFigures(BaseModel):
+    """Medians over the bench rounds of each round's median; decode's lowest and highest round too."""
+
+    train_tokens_per_s: float
+    train_step_ms: float
+    prefill_ms: float
+    decode_ms_per_token: float
+    decode_ms_low: float = Field(description="the lowest round's decode latency")
+    decode_ms_high: float = Field(description="the highest round's decode latency")
+
+
+class CompareReport(BaseModel):
+    schema_id: str = Field(SCHEMA, alias="schema")
+    command: str
+    experiment: dict
+    environment: dict
+    corpus: dict = Field(default_factory=dict)
+    base: dict = Field(default_factory=dict)
+    runs: list[Run] = Field(default_factory=list)
+    rows: list[Row] = Field(default_factory=list)
+    bench: dict[str, BenchFigures] = Field(default_factory=dict)
+    noise: Noise | None = None
+    separations: list[Separation] = Field(default_factory=list)
+    timing_noise: dict | None = Field(None, description="{groups: [[method, ...]] of one architecture, train_tokens_per_s, "
+                                                        "decode_ms_per_token: largest (max - min) / median in a group}")
+    stages: list[StageRecord] = Field(default_factory=list)
+    reference: str
+    total_seconds: float = 0.0
+
+    model_config = {"populate_by_name": True}
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, by_alias=True)
+
+    def row(self, method: str) -> Row | None:
+        return next((r for r in self.rows if r.method == method), None)
+
+    def failures(self) -> list[StageRecord]:
+        return [s for s in self.stages if s.status == "failed"]
+
+    def summarise(self) -> None:
+        """Fill `rows`, `noise` and `separations` from `runs`."""
+        methods = ["base", *[m["name"] for m in self.experiment["methods"]]]
+        table_runs = [r for r in self.runs if not r.probe]
+        self.rows = [row for m in methods if (row := table_row(m, [r for r in table_runs if r.method == m]))]
+        self.noise = measure_noise(self.runs)
+        self.separations = separations(self)
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _spread(values: list[float]) -> float | None:
+    return (max(values) - min(values)) / 2 if len(values) >= 2 else None
+
+
+def table_row(method: str, runs: list[Run]) -> Row | None:
+    """The mean over a method's finished runs (None if none finished)."""
+    done = [r for r in runs if r.evaluated]
+    if not done:
+        return None
+    first = done[0]
+    row = Row(method=method, seeds=[r.seed for r in done], layers=first.layers, params_total=first.params_total,
+              params_added=first.params_added)
+    for kind in first.perplexity:
+        values = [r.perplexity[kind] for r in done if kind in r.perplexity]
+        row.perplexity[kind] = _mean(values)
+        if (spread := _spread(values)) is not None:
+            row.perplexity_spread[kind] = spread
+    for task, score in first.tasks.items():
+        values = [r.tasks[task].value for r in done if task in r.tasks]
+        row.tasks[task] = TaskScore(value=_mean(values), metric=score.metric, stderr=score.stderr, samples=score.samples)
+        if (spread := _spread(values)) is not None:
+            row.task_spread[task] = spread
+    accuracies = [s.value for s in row.tasks.values() if s.metric.startswith("acc")]
+    row.average = _mean(accuracies)
+    return row
+
+
+def measure_noise(runs: list[Run]) -> Noise | None:
+    """Pooled SD over seeds: sqrt(mean over methods of each method's sample variance), perplexities
+    relative to each method's mean; None unless some method finished with two or more seeds."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.method != "base" and run.evaluated:
+            groups.setdefault(run.method, []).append(run)
+    groups = {m: g for m, g in groups.items() if len(g) >= 2}
+    if not groups:
+        return None
+
+    def pooled(values_of, relative: bool) -> float | None:
+        variances = []
+        for group in groups.values():
+            values = [v for r in group if (v := values_of(r)) is not None]
+            if len(values) >= 2:
+                scale = statistics.fmean(values) if relative else 1.0
+                variances.append(statistics.variance([v / scale for v in values]))
+        return math.sqrt(statistics.fmean(variances)) if variances else None
+
+    first = next(iter(groups.values()))[0]
+    perplexity = {k: sd for k in first.perplexity if (sd := pooled(lambda r, k=k: r.perplexity.get(k), True)) is not None}
+    tasks = {t: sd for t in first.tasks
+             if (sd := pooled(lambda r, t=t: r.tasks[t].value if t in r.tasks else None, False)) is not None}
+    return Noise(methods=list(groups), seeds=sorted({r.seed for g in groups.values() for r in g}),
+                 perplexity_sd=perplexity, task_sd=tasks)
+
+
+def separations(report: CompareReport) -> list[Separation]:
+    noise, ref = report.noise, report.row(report.reference)
+    if noise is None or ref is None:
+        return []
+    out = []
+    for row in report.rows:
+        if row.method in ("base", report.reference):
+            continue
+        scale = math.sqrt(1 / len(row.seeds) + 1 / len(ref.seeds))
+        for kind, sd in noise.perplexity_sd.items():
+            if kind in row.perplexity and ref.perplexity.get(kind):
+                gap, threshold = row.perplexity[kind] / ref.perplexity[kind] - 1, 2 * sd * scale
+                out.append(Separation(method=row.method, figure=f"ppl_{kind}", gap=gap, threshold=threshold,
+                                      beyond=abs(gap) > threshold))
+        for task, sd in noise.task_sd.items():
+            if task in row.tasks and task in ref.tasks:
+                gap, threshold = row.tasks[task].value - ref.tasks[task].value, 2 * sd * scale
+                out.append(Separation(method=row.method, figure=task, gap=gap, threshold=threshold,
+                                      beyond=abs(gap) > threshold))
+    return out
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+
+def _ratio(value, reference) -> str:
+    if value is None or reference in (None, 0) or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f" ({value / reference:.2f}×)"
+
+
+def _num(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _pm(spread, fmt: str, scale: float = 1) -> str:
+    return "" if spread is None else f" ± {format(spread * scale, fmt)}"
+
+
+def _score(score: TaskScore | None, spread: float | None, reference: TaskScore | None) -> str:
+    if score is None:
+        return "—"
+    if score.metric.startswith(("acc", "exact_match")):
+        return f"{100 * score.value:.2f}" + _pm(spread, ".2f", 100) + _ratio(score.value, reference and reference.value)
+    return f"{score.value:.3f}" + _pm(spread, ".3f") + _ratio(score.value, reference and reference.value)
+
+
+def table(report: CompareReport) -> list[str]:
+    ref, ref_bench = report.row(report.reference), report.bench.get(report.reference)
+    kinds = list(dict.fromkeys(k for r in report.rows for k in r.perplexity))
+    tasks = {t: s.metric for r in report.rows for t, s in r.tasks.items()}
+    header = ["Method", "Layers", "Params added", *[f"PPL {k} ↓" for k in kinds],
+              *[f"{t} ({m}{' %' if m.startswith(('acc', 'exact_match')) else ''}) ↑" for t, m in tasks.items()]]
+    if len(tasks) > 1:
+        header.append("Avg acc % ↑")
+    header += ["Train tok/s ↑", "Decode ms/tok ↓"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for r in report.rows:
+        b = report.bench.get(r.method)
+        cells = [label(r.method) + (" (ref)" if r.method == report.reference else ""), _num(r.layers, "d"),
+                 "—" if r.params_added is None else f"{r.params_added:,}" + _ratio(r.params_added, ref and ref.params_added)]
+        for kind in kinds:
+            value = r.perplexity.get(kind)
+            cells.append(_num(value, ".2f") + _pm(r.perplexity_spread.get(kind), ".2f")
+                         + _ratio(value, ref and ref.perplexity.get(kind)))
+        cells += [_score(r.tasks.get(t), r.task_spread.get(t), ref and ref.tasks.get(t)) for t in tasks]
+        if len(tasks) > 1:
+            cells.append("—" if r.average is None else f"{100 * r.average:.2f}" + _ratio(r.average, ref and ref.average))
+        cells += ["—" if b is None else f"{b.train_tokens_per_s:,.0f}"
+                  + _ratio(b.train_tokens_per_s, ref_bench and ref_bench.train_tokens_per_s),
+                  "—" if b is None else f"{b.decode_ms_per_token:.2f}"
+                  + _ratio(b.decode_ms_per_token, ref_bench and ref_bench.decode_ms_per_token)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def noise_lines(report: CompareReport) -> list[str]:
+    n = report.noise
+    if n is None:
+        return ["- Run-to-run noise: not measured (one seed per method and no noise probe): no gap can be "
+                "called a separation."]
+    parts = [f"PPL {k} {_pct(sd)}" for k, sd in n.perplexity_sd.items()]
+    parts += [f"{t} {100 * sd:.2f} points" for t, sd in n.task_sd.items()]
+    lines = [f"- Run-to-run noise (SD of one run over seeds {', '.join(map(str, n.seeds))}, pooled over "
+             f"{', '.join(label(m) for m in n.methods)}): {', '.join(parts)}."]
+    beyond = [s for s in report.separations if s.beyond]
+    within = [s for s in report.separations if not s.beyond]
+
+    def describe(s: Separation) -> str:
+        gap = f"{s.gap:+.1%}" if s.figure.startswith("ppl_") else f"{100 * s.gap:+.2f} pts"
+        limit = f"{s.threshold:.1%}" if s.figure.startswith("ppl_") else f"{100 * s.threshold:.2f} pts"
+        return f"{label(s.method)} {s.figure} {gap} (2σ {limit})"
+
+    lines.append(f"- Against {label(report.reference)}, beyond twice the noise of the gap: "
+                 f"{', '.join(map(describe, beyond)) or 'none'}; within it: {', '.join(map(describe, within)) or 'none'}.")
+    return lines
+
+
+def to_markdown(report: CompareReport) -> str:
+    e = report.experiment
+    seeds = e.get("seeds", [])
+    out = [f"# midus compare: {e.get('name')}", "", f"`{report.command}`", ""]
+    if e.get("description"):
+        out += [e["description"].strip(), ""]
+    out += table(report)
+    bench = e.get("bench") or {}
+    out += ["", f"Mean over seeds {', '.join(map(str, seeds))} (± half the range over seeds) of every method grown and "
+            f"trained with each seed. PPL rolling: one stream of windows; PPL document: the paper's Wiki-PPL (mean "
+            f"of per-document perplexities). Tasks through lm-evaluation-harness, headline metric per task. Train "
+            f"tok/s and decode latency: `midus bench` in one process, models interleaved in {bench.get('rounds', '—')} "
+            f"rounds of {bench.get('repeats', '—')} timed runs, {bench.get('threads') or 'default'} thread(s), models "
+            f"of seed {seeds[0] if seeds else '?'}. (×) = ratio to {label(report.reference)}.", "", "## Setup", ""]
+    base = report.base
+    if base:
+        out.append(f"- Base: `{base.get('name')}`, {base.get('layers')} blocks, {base.get('parameters', 0):,} parameters"
+                   + (f"; {base['note']}" if base.get("note") else "") + ".")
+    if report.corpus:
+        parts = "; ".join(f"{part} {c['documents']:,} docs, {c['modules']} modules, {c['characters']:,} chars"
+                          + (f", {c['tokens']:,} tokens" if c.get("tokens") else "") for part, c in report.corpus.items())
+        out.append(f"- Corpus (standard-library docstrings, split by module): {parts}.")
+    cpt = e.get("cpt", {})
+    overrides = "; ".join(f"{m['name']}: {m['cpt']}" for m in e.get("methods", []) if m.get("cpt"))
+    out.append(f"- CPT, the same for every method: {cpt.get('max_tokens') or cpt.get('max_steps')} "
+               f"{'tokens' if cpt.get('max_tokens') else 'steps'}, batch {cpt.get('batch_size')} x {cpt.get('seq_len')} "
+               f"tokens, lr {cpt.get('lr')}, memory lr {cpt.get('memory_lr') or cpt.get('lr')}"
+               + (f"; per method: {overrides}" if overrides else "") + ".")
+    identity = [f"{label(r.method)} seed {r.seed}: max |Δlogits| {r.identity.max_abs_diff:.1e} "
+                f"({'held' if r.identity.held else 'NOT held'})"
+                for r in report.runs if r.identity is not None and r.method in e.get("identity_methods", [])]
+    if identity:
+        out.append(f"- Identity at insertion, before CPT: {'; '.join(identity)}.")
+    out += noise_lines(report)
+    if t := report.timing_noise:
+        groups = "; ".join(" = ".join(label(m) for m in g) for g in t["groups"])
+        out.append(f"- Timing noise: models of one architecture ({groups}) differ by up to {_pct(t['train_tokens_per_s'])} "
+                   f"in train tok/s and {_pct(t['decode_ms_per_token'])} in decode latency; smaller gaps are not differences.")
+    env = report.environment
+    out.append(f"- Machine: {env.get('device_name')}, {env.get('threads')} threads; torch {env.get('torch')}, "
+               f"transformers {env.get('transformers')}, Python {env.get('python')}. Total {report.total_seconds / 60:.1f} min.")
+    out += ["", "## Stages", "", "| stage | method | seed | status | seconds |", "|---|---|---|---|---:|"]
+    for st in report.stages:
+        status = (st.status if st.error is None else f"{st.status}: {st.error}") + (" (earlier run)" if st.resumed else "")
+        out.append(f"| {st.stage} | {st.method or ''} | {'' if st.seed is None else st.seed} | {status} | {st.seconds:.1f} |")
+    if failures := report.failures():
+        out += ["", "**Failed stages:** " + "; ".join(f"{f.stage} {f.method or ''}: {f.error}" for f in failures)]
+    return "\n".join(out) + "\n"
