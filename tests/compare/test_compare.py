@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli_helpers import assert_one_line_error
 from midus.cli import app
-from midus.compare import CompareReport, load_experiment, run_comparison
+from midus.compare import CompareReport, embedded_names, load_experiment, run_comparison
 from midus.errors import UsageError
 from midus.inspect import inspect
 from midus.recipe import METHODS
@@ -233,3 +233,15 @@ def test_cpt_under_torchrun_matches_one_process(unbroken, cache, tmp_path):
     for (_, a), (_, b) in zip(ddp.cpt.curve, one.cpt.curve):
         assert a == pytest.approx(b, abs=1e-4)
     assert ddp.perplexity["rolling"] == pytest.approx(one.perplexity["rolling"], rel=1e-3)
+
+
+@pytest.mark.parametrize("name", [*sorted(f"experiments/{p.name}" for p in (ROOT / "experiments").glob("*.yaml")),
+                                  *embedded_names()])
+def test_every_shipped_experiment_validates_and_finds_its_recipes(name):
+    experiment = load_experiment(str(ROOT / name) if name.startswith("experiments/") else name)
+    assert experiment.reference in experiment.method_names
+    methods = [experiment.recipe(m, "some/base", 0).method for m in experiment.method_names]
+    assert sorted(methods) == sorted(METHODS)
+    for m in experiment.method_names:
+        config = experiment.train_config(m, "model", "out", 0, {"files": ["x.jsonl"]} if experiment.embedded else None)
+        assert config.trainable == ("new-blocks" if m == "llama-pro" and not experiment.embedded else "all")
