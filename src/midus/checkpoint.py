@@ -1,5 +1,7 @@
 """Loading bases and writing checkpoints: hub id or folder in, complete HF folder out, atomically."""
 
+import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -96,18 +98,97 @@ def check_out_dir(out_dir: str | Path) -> Path:
 
 @contextmanager
 def atomic_dir(out_dir: str | Path):
-    """Yield a temporary sibling folder; on success it becomes `out_dir`, on failure it is removed."""
+    """Yield a temporary sibling folder; on success it becomes `out_dir`, on failure it is removed
+    (and a failed write, such as a full disk, becomes a one-line MidusError naming the file)."""
     out_dir = check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    created = missing_parents(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as error:
+        raise write_error(error, out_dir) from None
     try:
         yield tmp
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # parents made for the output, deepest first, if still empty
+            remove_if_empty(parent)
+        if isinstance(error, OSError):
+            raise write_error(error, out_dir) from None
         raise
+
+
+def missing_parents(path: Path) -> list[Path]:
+    """The ancestors of `path` that do not exist yet, deepest first."""
+    return [parent for parent in path.absolute().parents if not parent.exists()]
+
+
+def remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def write_error(error: OSError, where: str | Path, outcome: str | None = None) -> MidusError:
+    """A failed write (a full disk, a quota, permissions) as one line: what failed, where, and what
+    became of the output (default: nothing was written to `where`)."""
+    place = error.filename or where
+    reason = error.strerror or first_line(error)
+    return MidusError(f"cannot write {place}: {reason}; {outcome or f'nothing was written to {where}'}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small file whole or not at all: a temporary sibling renamed over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- checksums: a checkpoint records sha256 digests of its files when written ----------------------
+
+CHECKSUMS_FILE = "checksums.sha256"  # `sha256sum -c checksums.sha256` checks it too
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def write_checksums(folder: str | Path) -> None:
+    """Record the digest of every file under `folder` (written last: a folder with it is complete)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
+    lines = "".join(f"{file_digest(p)}  {p.relative_to(folder).as_posix()}\n" for p in files)
+    atomic_write_text(folder / CHECKSUMS_FILE, lines)
+
+
+def checksum_problem(folder: str | Path) -> str | None:
+    """Why `folder` no longer matches the checksums recorded when it was written, or None if it does."""
+    folder = Path(folder)
+    try:
+        lines = (folder / CHECKSUMS_FILE).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return f"no readable {CHECKSUMS_FILE} (an unfinished or damaged save)"
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        path = folder / name
+        if not sep or not path.is_file():
+            return f"{name or line!r} is missing"
+        try:
+            if file_digest(path) != digest:
+                return f"{name} does not match its checksum"
+        except OSError as error:
+            return f"{name} is unreadable ({error.strerror})"
+    return None
 
 
 def save_model(model: PreTrainedModel, tokenizer, folder: Path, max_shard_size: str = "500MB") -> None:

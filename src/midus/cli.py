@@ -24,7 +24,7 @@ def one_line_errors(command):
         try:
             return command(*args, **kwargs)
         except MidusError as error:
-            typer.echo(f"error: {error}", err=True)
+            typer.echo(f"{error.label}: {error}", err=True)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper
@@ -96,16 +96,21 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", help="override any field: KEY=VALUE (YAML value), e.g. data.streaming=true")] = [],
 ):
     """Continued pre-training by a config; run it again on the same output folder to resume.
-    Multi-GPU: torchrun --nproc_per_node N --no-python midus train CONFIG."""
+    Multi-GPU: torchrun --nproc_per_node N --no-python midus train CONFIG. On SIGTERM or SIGUSR1 it
+    saves a checkpoint at the step reached and exits with code 75; the same command resumes."""
     from .train import TrainConfig, train as run_training
     from .train.config import parse_override
+    from .train.preemption import Preempted, same_command
 
     overrides = dict(parse_override(text) for text in set_)
     named = {"model": model, "output_dir": output_dir, "lr": lr, "seed": seed, "max_steps": max_steps, "max_tokens": max_tokens}
     overrides.update({key: value for key, value in named.items() if value is not None})
     if max_steps is not None or max_tokens is not None:  # one budget replaces the other
         overrides.setdefault("max_tokens" if max_steps is not None else "max_steps", None)
-    final = run_training(TrainConfig.from_yaml(config, overrides), overwrite=overwrite)
+    try:
+        final = run_training(TrainConfig.from_yaml(config, overrides), overwrite=overwrite)
+    except Preempted as stop:
+        raise Preempted(f"{stop}: {same_command()}") from None
     typer.echo(f"wrote {final}")
 
 
