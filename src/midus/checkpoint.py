@@ -45,7 +45,7 @@ def load_config(name: str):
     """The config of a hub id or local folder, with a one-line error for every way it can fail."""
     source = resolve(name)
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)  # the installed midus classes
     except (OSError, ValueError, TypeError, StrictDataclassError) as error:
         where = "its config.json is unreadable" if Path(source).exists() else "not a local folder, and the hub could not provide it"
         raise MidusError(f"{name}: {where} ({first_line(error)})") from None
@@ -74,12 +74,34 @@ def load_base(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, objec
     """A Llama-family base model and its tokenizer from a hub id or a local folder."""
     config = load_config(name)
     check_family(config, name)
-    source = resolve(name)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise MidusError(f"base {name}: cannot load its weights ({first_line(error)})") from None
+    model = load_weights(resolve(name), f"base {name}", dtype=DTYPES[dtype])
     return model, load_tokenizer(name)
+
+
+PICKLE_ENV = "MIDUS_ALLOW_PICKLE_WEIGHTS"  # set by `midus --allow-pickle-weights`
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def pickle_weights_allowed() -> bool:
+    return os.environ.get(PICKLE_ENV) == "1"
+
+
+def load_weights(source: str, what: str, **kwargs) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained(source)` as midus loads every model: with the installed
+    classes, never code shipped in the folder (a MIDUS folder's modeling_midus.py is not imported),
+    and weights from safetensors only, since pickle files can run code when loaded, unless the user
+    passed `midus --allow-pickle-weights`. `what` names the model in the one-line errors."""
+    allowed = pickle_weights_allowed()
+    folder = Path(source)
+    if not allowed and folder.is_dir() and not any(folder.glob("*.safetensors")) \
+            and any(next(folder.glob(pattern), None) for pattern in PICKLE_WEIGHTS):
+        raise MidusError(f"{what}: its weights are pickle files (*.bin), which can run code when loaded; convert them "
+                         "to safetensors, or pass `midus --allow-pickle-weights` if you trust them")
+    formats = {} if allowed else {"use_safetensors": True}
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, **formats, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise MidusError(f"{what}: cannot load its weights ({first_line(error)})") from None
 
 
 def load_tokenizer(name: str):

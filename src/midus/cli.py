@@ -1,6 +1,7 @@
 """The `midus` command line: one verb per stage of the pipeline."""
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,19 @@ def one_line_errors(command):
             raise typer.Exit(error.exit_code) from None
 
     return wrapper
+
+
+@app.callback()
+def main(
+    allow_pickle_weights: bool = typer.Option(
+        False, "--allow-pickle-weights",
+        help="also load weights from pickle files (*.bin), which can run code when loaded; default: safetensors only"),
+):
+    """Options for every verb go before it: midus --allow-pickle-weights eval DIR."""
+    from .checkpoint import PICKLE_ENV
+
+    if allow_pickle_weights:
+        os.environ[PICKLE_ENV] = "1"  # the environment carries it to the processes a verb starts (bench)
 
 
 @app.command()

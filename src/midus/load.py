@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
-from .checkpoint import DTYPES, first_line, load_config, resolve
+from .checkpoint import DTYPES, load_config, load_weights, resolve
 from .errors import MidusError
 from .parameters import count_parameters
 from .recipe import RECIPE_FILE, Recipe
@@ -76,11 +75,11 @@ def _load_pretrained(name: str, dtype: str, allow_random: bool, seed: int) -> Lo
     kind = "folder" if is_folder else "hub"
     if has_weights:
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+            model = load_weights(source, name, dtype=DTYPES[dtype])
             return LoadedModel(name, model, _tokenizer(source), kind, "loaded", recipe, base_parameters)
-        except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        except MidusError:
             if not allow_random or is_folder:
-                raise MidusError(f"{name}: cannot load its weights ({first_line(error)})") from None
+                raise
     elif not allow_random:
         raise MidusError(f"{name}: the folder has a config.json but no weights (*.safetensors or *.bin)")
     model = random_model(config, dtype, seed)

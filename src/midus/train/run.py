@@ -8,11 +8,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback, TrainerState
 
-from ..checkpoint import DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, resolve, save_model
+from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, load_weights, resolve,
+                          save_model)
 from ..data.datasets import build_datasets, collate
 from ..errors import MidusError, UsageError
 from ..recipe import RECIPE_FILE
@@ -174,10 +175,7 @@ def load_tokenizer(name: str):
 
 def load_model(name: str):
     """The model in fp32 master weights (a MIDUS folder loads through the registered MIDUS classes)."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise MidusError(f"model {name}: cannot load its weights ({first_line(error)})") from None
+    return load_weights(resolve(name), f"model {name}", dtype=torch.float32)
 
 
 def saved_dtype(model_config) -> torch.dtype:
