@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,18 +87,22 @@ def pickle_weights_allowed() -> bool:
     return os.environ.get(PICKLE_ENV) == "1"
 
 
+def check_weight_format(source: str, what: str) -> None:
+    """A folder whose weights are pickle files only is refused unless `--allow-pickle-weights`."""
+    folder = Path(source)
+    if not pickle_weights_allowed() and folder.is_dir() and not any(folder.glob("*.safetensors")) \
+            and any(next(folder.glob(pattern), None) for pattern in PICKLE_WEIGHTS):
+        raise MidusError(f"{what}: its weights are pickle files (*.bin), which can run code when loaded; convert them "
+                         "to safetensors, or pass `midus --allow-pickle-weights` if you trust them")
+
+
 def load_weights(source: str, what: str, **kwargs) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained(source)` as midus loads every model: with the installed
     classes, never code shipped in the folder (a MIDUS folder's modeling_midus.py is not imported),
     and weights from safetensors only, since pickle files can run code when loaded, unless the user
     passed `midus --allow-pickle-weights`. `what` names the model in the one-line errors."""
-    allowed = pickle_weights_allowed()
-    folder = Path(source)
-    if not allowed and folder.is_dir() and not any(folder.glob("*.safetensors")) \
-            and any(next(folder.glob(pattern), None) for pattern in PICKLE_WEIGHTS):
-        raise MidusError(f"{what}: its weights are pickle files (*.bin), which can run code when loaded; convert them "
-                         "to safetensors, or pass `midus --allow-pickle-weights` if you trust them")
-    formats = {} if allowed else {"use_safetensors": True}
+    check_weight_format(source, what)
+    formats = {} if pickle_weights_allowed() else {"use_safetensors": True}
     try:
         return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, **formats, **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
@@ -173,6 +178,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_files(out_dir: str | Path, writers: dict[str, Callable[[Path], object]]) -> list[Path]:
+    """Write report files into `out_dir` (created if missing; other files in it stay): every
+    `writers[name](path)` writes a temporary sibling first, and only when all of them succeeded are they
+    renamed into place, so a failed write (a full disk) replaces nothing and leaves no folder it made."""
+    out_dir = Path(out_dir)
+    created = [] if out_dir.exists() else [out_dir, *missing_parents(out_dir)]
+    staged = {name: out_dir / f".tmp-{os.getpid()}-{name}" for name in writers}  # the suffix kept (plots)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, write in writers.items():
+            write(staged[name])
+        for name, tmp in staged.items():
+            os.replace(tmp, out_dir / name)
+    except BaseException as error:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            remove_if_empty(folder)
+        if isinstance(error, OSError):
+            raise write_error(error, out_dir, f"nothing in {out_dir} was replaced") from None
+        raise
+    return [out_dir / name for name in writers]
 
 
 # --- checksums: a checkpoint records sha256 digests of its files when written ----------------------

@@ -70,12 +70,12 @@ def make_base(
     seed: int = 0,
 ):
     """Write a tiny random Llama (with a BPE tokenizer) to grow in examples and tests."""
-    from .checkpoint import check_out_dir
+    from .checkpoint import atomic_dir
     from .tiny import write_tiny_llama
 
-    check_out_dir(out_dir)
-    write_tiny_llama(out_dir, layers=layers, hidden_size=hidden_size, heads=heads, kv_heads=kv_heads,
-                     intermediate_size=2 * hidden_size, seed=seed)
+    with atomic_dir(out_dir) as folder:
+        write_tiny_llama(folder, layers=layers, hidden_size=hidden_size, heads=heads, kv_heads=kv_heads,
+                         intermediate_size=2 * hidden_size, seed=seed)
     typer.echo(f"wrote {out_dir}")
 
 

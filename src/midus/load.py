@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
-from .checkpoint import DTYPES, load_config, load_weights, resolve
+from .checkpoint import DTYPES, check_weight_format, load_config, load_weights, resolve
 from .errors import MidusError
 from .parameters import count_parameters
 from .recipe import RECIPE_FILE, Recipe
@@ -46,7 +46,9 @@ def read_recipe(name: str, base: str | None = None) -> Recipe:
 def check_model_name(name: str, base: str | None = None) -> int:
     """Fail fast, before any slow work: a missing folder or recipe file, an invalid recipe, a config
     that cannot be had. Returns the model's positions (max_position_embeddings; 0 if it has none)."""
-    config = load_config(read_recipe(name, base).base if is_recipe(name) else name)  # growth keeps positions
+    source = read_recipe(name, base).base if is_recipe(name) else name
+    config = load_config(source)  # growth keeps positions
+    check_weight_format(resolve(source), name)
     return int(getattr(config, "max_position_embeddings", 0) or 0)
 
 

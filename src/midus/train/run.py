@@ -12,8 +12,8 @@ from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback, TrainerState
 
-from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, load_weights, resolve,
-                          save_model)
+from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, check_weight_format, first_line, load_config,
+                          load_weights, resolve, save_model)
 from ..data.datasets import build_datasets, collate
 from ..errors import MidusError, UsageError
 from ..recipe import RECIPE_FILE
@@ -157,6 +157,7 @@ def fsdp_options(config: TrainConfig) -> dict | None:
 
 
 def check_model(config: TrainConfig, model_config) -> None:
+    check_weight_format(resolve(config.model), f"model {config.model}")
     if model_config.model_type not in TRAINABLE_FAMILIES:
         raise MidusError(f"model {config.model}: model_type {model_config.model_type!r} cannot be trained here; "
                          f"supported: {', '.join(TRAINABLE_FAMILIES)}")
