@@ -25,16 +25,8 @@ class FolderLocked(MidusError):
 def folder_lock(folder: str | Path, what: str = "run"):
     """Hold `folder`'s lock (the folder must exist) for the `with` block; refuse if another process
     holds it. `what` names the holder's work in messages (`midus train run`, `compare`)."""
-    path = Path(folder) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = locked_file(Path(folder) / LOCK_FILE, folder, what)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            raise FolderLocked(f"{folder} is in use by another {what} ({describe(read_holder(fd))}); "
-                               "wait for it to finish, or stop it") from None
         take_over(fd, folder, what)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -44,6 +36,28 @@ def folder_lock(folder: str | Path, what: str = "run"):
             os.ftruncate(fd, 0)  # released cleanly: the file names nobody
     finally:
         os.close(fd)  # releases the lock
+
+
+def locked_file(path: Path, folder, what: str) -> int:
+    """An open descriptor of `path`, exclusively locked. A lock file removed or replaced while we
+    waited for it (a holder undoing its folder) is opened again, so two processes never both lock."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = read_holder(fd)
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise FolderLocked(f"{folder} is in use by another {what} ({describe(holder)}); "
+                               "wait for it to finish, or stop it") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def take_over(fd: int, folder, what: str) -> None:

@@ -52,14 +52,14 @@ class RunFolder:
         created = [] if self.root.exists() else [self.root, *missing_parents(self.root)]
         was_empty = not self.root.exists() or not any(self.root.iterdir())
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            with folder_lock(self.root, "midus train run"):
+        with folder_lock(self.root, "midus train run"):
+            try:
                 self.prepare(config, overwrite, writer=True)
                 yield
-        except BaseException:
-            if was_empty and not self.started():
-                self.remove_unstarted(created)
-            raise
+            except BaseException:
+                if was_empty and not self.started():
+                    self.remove_unstarted(created)  # under the lock: a refused second start never gets here
+                raise
 
     def prepare(self, config: TrainConfig, overwrite: bool, writer: bool) -> None:
         """Make the folder ready for `config`: new, or the same run to resume. Another run in it is
