@@ -164,3 +164,24 @@ def test_every_checkpoint_records_checksums_of_all_its_files(reference_run):
     assert listed == on_disk and {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= listed
     result = subprocess.run(["sha256sum", "--check", "--quiet", CHECKSUMS_FILE], cwd=checkpoint, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_full_disk_while_logging_is_one_line_naming_the_last_checkpoint(reference_run, tmp_path, monkeypatch):
+    from midus.train.trainer import RunCallback
+
+    config, path = copy_run_config(reference_run, tmp_path)
+    run = RunFolder(config.output_dir)
+    on_log = RunCallback.on_log
+
+    def full_disk(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == 6:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run.metrics))
+        return on_log(self, args, state, control, logs=logs, **kwargs)
+
+    monkeypatch.setattr(RunCallback, "on_log", full_disk)
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert_one_line_error(result, f"cannot write {run.metrics}: No space left on device; the last complete checkpoint "
+                                  f"({run.root / 'checkpoint-4'}) is intact; run the same command again to resume",
+                          code=1, other_lines=True)
+    monkeypatch.undo()
+    assert_same_run(run.root, train(config), reference_run)

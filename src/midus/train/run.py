@@ -13,9 +13,9 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback, TrainerState
 
 from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, check_weight_format, first_line, load_config,
-                          load_weights, resolve, save_model)
+                          load_weights, resolve, save_model, write_error)
 from ..data.datasets import build_datasets, collate
-from ..errors import MidusError, UsageError
+from ..errors import MidusError, UsageError, warn
 from ..recipe import RECIPE_FILE
 from .config import TrainConfig
 from .metrics import plot_loss
@@ -51,7 +51,11 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
                 run.prepare(config, overwrite, writer=False)
         if run.model.is_dir():
             return run.model  # finished before
-        return train_in(run, config, args, tokenizer, model_config, preemption)
+        try:
+            return train_in(run, config, args, tokenizer, model_config, preemption)
+        except OSError as error:  # a failed write outside a save (the metrics, on a full disk)
+            raise write_error(error, run.root, f"the last complete checkpoint ({run.last_checkpoint() or 'none'}) "
+                                               "is intact; run the same command again to resume") from None
 
 
 def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, tokenizer, model_config,
@@ -71,11 +75,12 @@ def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, token
         raise Preempted(f"{preemption.name} received before training (re)started at step {resume_step}; "
                         "nothing new to save; run the same command again to resume")
     deterministic = torch.are_deterministic_algorithms_enabled()
+    progress = RunCallback(run, config.tokens_per_step)
     try:
         trainer = MidusTrainer(
             model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate,
             processing_class=tokenizer, train_config=config, run=run, resume=resume, preemption=preemption,
-            callbacks=[RunCallback(run, config.tokens_per_step)],
+            callbacks=[progress],
         )
         trainer.remove_callback(ProgressCallback)
         if finished:
@@ -90,9 +95,13 @@ def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, token
             trainer.evaluate()
         write_final_model(trainer, tokenizer, config.model, run.model, saved_dtype(model_config))
     finally:
+        progress.close()
         torch.use_deterministic_algorithms(deterministic)
         if args.should_save:
-            plot_loss(run.records(), run.plot)
+            try:
+                plot_loss(run.records(), run.plot)
+            except OSError as error:  # never hides the error that ended the run
+                warn(f"cannot write {run.plot}: {error.strerror or error}")
     return run.model
 
 

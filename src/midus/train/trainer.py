@@ -184,6 +184,10 @@ class RunCallback(TrainerCallback):
             self.bar.set_postfix({key: f"{logs[key]:.4g}" for key in ("loss", "eval_loss") if key in logs}, refresh=False)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line (also when training fails, so that the error gets a line of its own)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
