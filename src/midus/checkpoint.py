@@ -1,8 +1,11 @@
 """Loading bases and writing checkpoints: hub id or folder in, complete HF folder out, atomically."""
 
+import hashlib
+import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,7 +46,7 @@ def load_config(name: str):
     """The config of a hub id or local folder, with a one-line error for every way it can fail."""
     source = resolve(name)
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)  # the installed midus classes
     except (OSError, ValueError, TypeError, StrictDataclassError) as error:
         where = "its config.json is unreadable" if Path(source).exists() else "not a local folder, and the hub could not provide it"
         raise MidusError(f"{name}: {where} ({first_line(error)})") from None
@@ -72,12 +75,38 @@ def load_base(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, objec
     """A Llama-family base model and its tokenizer from a hub id or a local folder."""
     config = load_config(name)
     check_family(config, name)
-    source = resolve(name)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise MidusError(f"base {name}: cannot load its weights ({first_line(error)})") from None
+    model = load_weights(resolve(name), f"base {name}", dtype=DTYPES[dtype])
     return model, load_tokenizer(name)
+
+
+PICKLE_ENV = "MIDUS_ALLOW_PICKLE_WEIGHTS"  # set by `midus --allow-pickle-weights`
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def pickle_weights_allowed() -> bool:
+    return os.environ.get(PICKLE_ENV) == "1"
+
+
+def check_weight_format(source: str, what: str) -> None:
+    """A folder whose weights are pickle files only is refused unless `--allow-pickle-weights`."""
+    folder = Path(source)
+    if not pickle_weights_allowed() and folder.is_dir() and not any(folder.glob("*.safetensors")) \
+            and any(next(folder.glob(pattern), None) for pattern in PICKLE_WEIGHTS):
+        raise MidusError(f"{what}: its weights are pickle files (*.bin), which can run code when loaded; convert them "
+                         "to safetensors, or pass `midus --allow-pickle-weights` if you trust them")
+
+
+def load_weights(source: str, what: str, **kwargs) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained(source)` as midus loads every model: with the installed
+    classes, never code shipped in the folder (a MIDUS folder's modeling_midus.py is not imported),
+    and weights from safetensors only, since pickle files can run code when loaded, unless the user
+    passed `midus --allow-pickle-weights`. `what` names the model in the one-line errors."""
+    check_weight_format(source, what)
+    formats = {} if pickle_weights_allowed() else {"use_safetensors": True}
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, **formats, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise MidusError(f"{what}: cannot load its weights ({first_line(error)})") from None
 
 
 def load_tokenizer(name: str):
@@ -96,18 +125,121 @@ def check_out_dir(out_dir: str | Path) -> Path:
 
 @contextmanager
 def atomic_dir(out_dir: str | Path):
-    """Yield a temporary sibling folder; on success it becomes `out_dir`, on failure it is removed."""
+    """Yield a temporary sibling folder; on success it becomes `out_dir`, on failure it is removed
+    (and a failed write, such as a full disk, becomes a one-line MidusError naming the file)."""
     out_dir = check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    created = missing_parents(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as error:
+        raise write_error(error, out_dir) from None
     try:
         yield tmp
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # parents made for the output, deepest first, if still empty
+            remove_if_empty(parent)
+        if isinstance(error, OSError):
+            raise write_error(error, out_dir) from None
         raise
+
+
+def missing_parents(path: Path) -> list[Path]:
+    """The ancestors of `path` that do not exist yet, deepest first."""
+    return [parent for parent in path.absolute().parents if not parent.exists()]
+
+
+def remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def write_error(error: OSError, where: str | Path, outcome: str | None = None) -> MidusError:
+    """A failed write (a full disk, a quota, permissions) as one line: what failed, where, and what
+    became of the output (default: nothing was written to `where`)."""
+    place = error.filename or where
+    reason = error.strerror or first_line(error)
+    return MidusError(f"cannot write {place}: {reason}; {outcome or f'nothing was written to {where}'}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small file whole or not at all: a temporary sibling renamed over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_files(out_dir: str | Path, writers: dict[str, Callable[[Path], object]]) -> list[Path]:
+    """Write report files into `out_dir` (created if missing; other files in it stay): every
+    `writers[name](path)` writes a temporary sibling first, and only when all of them succeeded are they
+    renamed into place, so a failed write (a full disk) replaces nothing and leaves no folder it made."""
+    out_dir = Path(out_dir)
+    created = [] if out_dir.exists() else [out_dir, *missing_parents(out_dir)]
+    staged = {name: out_dir / f".tmp-{os.getpid()}-{name}" for name in writers}  # the suffix kept (plots)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, write in writers.items():
+            write(staged[name])
+        for name, tmp in staged.items():
+            os.replace(tmp, out_dir / name)
+    except BaseException as error:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            remove_if_empty(folder)
+        if isinstance(error, OSError):
+            raise write_error(error, out_dir, f"nothing in {out_dir} was replaced") from None
+        raise
+    return [out_dir / name for name in writers]
+
+
+# --- checksums: a checkpoint records sha256 digests of its files when written ----------------------
+
+CHECKSUMS_FILE = "checksums.sha256"  # `sha256sum -c checksums.sha256` checks it too
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def write_checksums(folder: str | Path) -> None:
+    """Record the digest of every file under `folder` (written last: a folder with it is complete)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
+    lines = "".join(f"{file_digest(p)}  {p.relative_to(folder).as_posix()}\n" for p in files)
+    atomic_write_text(folder / CHECKSUMS_FILE, lines)
+
+
+def checksum_problem(folder: str | Path) -> str | None:
+    """Why `folder` no longer matches the checksums recorded when it was written, or None if it does."""
+    folder = Path(folder)
+    try:
+        lines = (folder / CHECKSUMS_FILE).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return f"no readable {CHECKSUMS_FILE} (an unfinished or damaged save)"
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        path = folder / name
+        if not sep or not path.is_file():
+            return f"{name or line!r} is missing"
+        try:
+            if file_digest(path) != digest:
+                return f"{name} does not match its checksum"
+        except OSError as error:
+            return f"{name} is unreadable ({error.strerror})"
+    return None
 
 
 def save_model(model: PreTrainedModel, tokenizer, folder: Path, max_shard_size: str = "500MB") -> None:

@@ -1,6 +1,7 @@
 """The `midus` command line: one verb per stage of the pipeline."""
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -24,10 +25,23 @@ def one_line_errors(command):
         try:
             return command(*args, **kwargs)
         except MidusError as error:
-            typer.echo(f"error: {error}", err=True)
+            typer.echo(f"{error.label}: {error}", err=True)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper
+
+
+@app.callback()
+def main(
+    allow_pickle_weights: bool = typer.Option(
+        False, "--allow-pickle-weights",
+        help="also load weights from pickle files (*.bin), which can run code when loaded; default: safetensors only"),
+):
+    """Options for every verb go before it: midus --allow-pickle-weights eval DIR."""
+    from .checkpoint import PICKLE_ENV
+
+    if allow_pickle_weights:
+        os.environ[PICKLE_ENV] = "1"  # the environment carries it to the processes a verb starts (bench)
 
 
 @app.command()
@@ -56,12 +70,12 @@ def make_base(
     seed: int = 0,
 ):
     """Write a tiny random Llama (with a BPE tokenizer) to grow in examples and tests."""
-    from .checkpoint import check_out_dir
+    from .checkpoint import atomic_dir
     from .tiny import write_tiny_llama
 
-    check_out_dir(out_dir)
-    write_tiny_llama(out_dir, layers=layers, hidden_size=hidden_size, heads=heads, kv_heads=kv_heads,
-                     intermediate_size=2 * hidden_size, seed=seed)
+    with atomic_dir(out_dir) as folder:
+        write_tiny_llama(folder, layers=layers, hidden_size=hidden_size, heads=heads, kv_heads=kv_heads,
+                         intermediate_size=2 * hidden_size, seed=seed)
     typer.echo(f"wrote {out_dir}")
 
 
@@ -96,16 +110,21 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", help="override any field: KEY=VALUE (YAML value), e.g. data.streaming=true")] = [],
 ):
     """Continued pre-training by a config; run it again on the same output folder to resume.
-    Multi-GPU: torchrun --nproc_per_node N --no-python midus train CONFIG."""
+    Multi-GPU: torchrun --nproc_per_node N --no-python midus train CONFIG. On SIGTERM or SIGUSR1 it
+    saves a checkpoint at the step reached and exits with code 75; the same command resumes."""
     from .train import TrainConfig, train as run_training
     from .train.config import parse_override
+    from .train.preemption import Preempted, same_command
 
     overrides = dict(parse_override(text) for text in set_)
     named = {"model": model, "output_dir": output_dir, "lr": lr, "seed": seed, "max_steps": max_steps, "max_tokens": max_tokens}
     overrides.update({key: value for key, value in named.items() if value is not None})
     if max_steps is not None or max_tokens is not None:  # one budget replaces the other
         overrides.setdefault("max_tokens" if max_steps is not None else "max_steps", None)
-    final = run_training(TrainConfig.from_yaml(config, overrides), overwrite=overwrite)
+    try:
+        final = run_training(TrainConfig.from_yaml(config, overrides), overwrite=overwrite)
+    except Preempted as stop:
+        raise Preempted(f"{stop}: {same_command()}") from None
     typer.echo(f"wrote {final}")
 
 

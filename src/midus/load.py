@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
-from .checkpoint import DTYPES, first_line, load_config, resolve
+from .checkpoint import DTYPES, check_weight_format, load_config, load_weights, resolve
 from .errors import MidusError
 from .parameters import count_parameters
 from .recipe import RECIPE_FILE, Recipe
@@ -47,7 +46,9 @@ def read_recipe(name: str, base: str | None = None) -> Recipe:
 def check_model_name(name: str, base: str | None = None) -> int:
     """Fail fast, before any slow work: a missing folder or recipe file, an invalid recipe, a config
     that cannot be had. Returns the model's positions (max_position_embeddings; 0 if it has none)."""
-    config = load_config(read_recipe(name, base).base if is_recipe(name) else name)  # growth keeps positions
+    source = read_recipe(name, base).base if is_recipe(name) else name
+    config = load_config(source)  # growth keeps positions
+    check_weight_format(resolve(source), name)
     return int(getattr(config, "max_position_embeddings", 0) or 0)
 
 
@@ -76,11 +77,11 @@ def _load_pretrained(name: str, dtype: str, allow_random: bool, seed: int) -> Lo
     kind = "folder" if is_folder else "hub"
     if has_weights:
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+            model = load_weights(source, name, dtype=DTYPES[dtype])
             return LoadedModel(name, model, _tokenizer(source), kind, "loaded", recipe, base_parameters)
-        except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        except MidusError:
             if not allow_random or is_folder:
-                raise MidusError(f"{name}: cannot load its weights ({first_line(error)})") from None
+                raise
     elif not allow_random:
         raise MidusError(f"{name}: the folder has a config.json but no weights (*.safetensors or *.bin)")
     model = random_model(config, dtype, seed)

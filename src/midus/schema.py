@@ -30,6 +30,8 @@ class YamlModel(Strict):
             raise cls.error(f"{cls.kind} {path}: no such file")
         try:
             data = yaml.safe_load(path.read_text())
+        except UnicodeDecodeError:
+            raise cls.error(f"{cls.kind} {path}: not a text file (a YAML {cls.kind} is UTF-8 text)") from None
         except yaml.YAMLError as error:
             raise cls.error(f"{cls.kind} {path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(data, dict):

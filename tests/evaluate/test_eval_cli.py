@@ -90,3 +90,39 @@ def test_bad_inputs_are_one_line_errors(midus_folder, offline_tasks, tmp_path):
                           code=2)
     assert_one_line_error(run("eval", midus_folder, "--ppl-data", "some-org/some-dataset"), "some-org/some-dataset",
                           code=2)
+
+
+def test_a_midus_folder_is_loaded_with_the_installed_classes_not_its_shipped_code(midus_folder, ppl_file, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(midus_folder, folder)
+    for name in ("modeling_midus.py", "configuration_midus.py"):
+        (folder / name).write_text('raise RuntimeError("the folder\'s code ran")\n')
+    reports = []
+    for model in (midus_folder, folder):
+        result = run("eval", model, "--ppl-data", ppl_file, "--text-field", "body", "--max-length", 64, "--json")
+        assert result.exit_code == 0, result.output
+        reports.append(EvalReport.model_validate_json(result.stdout).models[0].perplexity)
+    assert reports[0] == reports[1]
+
+
+def test_pickle_weights_need_an_explicit_flag(tiny_base, ppl_file, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"  # the tiny base with its weights as a pickle file (transformers 5 saves none)
+    shutil.copytree(tiny_base, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(tiny_base / "model.safetensors"), folder / "pytorch_model.bin")
+    args = ["eval", folder, "--ppl-data", ppl_file, "--text-field", "body", "--max-length", 64, "--json"]
+    assert_one_line_error(run(*args), f"{folder}: its weights are pickle files (*.bin)", "--allow-pickle-weights", code=1)
+    try:
+        allowed = run("--allow-pickle-weights", *args)
+    finally:
+        os.environ.pop("MIDUS_ALLOW_PICKLE_WEIGHTS", None)
+    assert allowed.exit_code == 0, allowed.output
+    expected = run("eval", tiny_base, *args[2:])
+    assert EvalReport.model_validate_json(allowed.stdout).models[0].perplexity == \
+        EvalReport.model_validate_json(expected.stdout).models[0].perplexity

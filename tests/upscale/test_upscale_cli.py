@@ -164,3 +164,45 @@ def test_grown_checkpoint_loads_with_auto_class(tiny_base, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert type(model).__name__ == "MidusForCausalLM"
     assert [e["kind"] for e in model.config.layer_map] == ["decoder", "decoder", "memory", "decoder", "decoder", "memory"]
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_folder(tiny_base, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import transformers.modeling_utils as modeling_utils
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as file:
+            file.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk)
+    out = tmp_path / "new" / "grown"  # its parent is made for it, and removed with it
+    result = run("upscale", write_recipe(tmp_path, base=str(tiny_base)), out)
+    assert_one_line_error(result, "model.safetensors: No space left on device; nothing was written to " + str(out),
+                          code=1, other_lines=True)  # after the progress bar
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+def test_a_recipe_that_is_not_text_is_one_line(tmp_path):
+    recipe = tmp_path / "model.yaml"
+    recipe.write_bytes(bytes(range(128, 256)) * 4)  # a binary file passed by mistake
+    assert_one_line_error(run("upscale", recipe, tmp_path / "out"), f"recipe {recipe}: not a text file", code=2)
+    assert_one_line_error(run("train", recipe), f"config {recipe}: not a text file", code=2)
+    assert_one_line_error(run("inspect", recipe), f"recipe {recipe}: not a text file", code=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.yaml"]
+
+
+def test_make_base_leaves_nothing_when_a_write_fails(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import transformers.modeling_utils as modeling_utils
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk)
+    assert_one_line_error(run("make-base", tmp_path / "base"), "No space left on device", code=1, other_lines=True)
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import write_files
 from ..errors import MidusError, UsageError
 from ..load import check_model_name
 from .measure import BenchSettings, Measurement, MemoryProbe, check_lengths, measure
@@ -71,14 +72,10 @@ def bench(names: list[str], settings: BenchSettings | None = None, *, reference:
 
 
 def write_bench(report: BenchReport, out_dir: str | Path) -> list[Path]:
-    """bench.md, bench.json and bench.png in `out_dir` (created)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "bench.md", out_dir / "bench.json", out_dir / "bench.png"]
-    paths[0].write_text(report.to_markdown())
-    paths[1].write_text(report.to_json() + "\n")
-    report.plot(paths[2])
-    return paths
+    """bench.md, bench.json and bench.png in `out_dir` (created), all or none."""
+    return write_files(out_dir, {"bench.md": lambda path: path.write_text(report.to_markdown()),
+                                 "bench.json": lambda path: path.write_text(report.to_json() + "\n"),
+                                 "bench.png": report.plot})
 
 
 __all__ = ["BenchReport", "BenchSettings", "Measurement", "ModelBench", "RATIO_METRICS", "SCHEMA", "bench",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..checkpoint import write_files
 from ..errors import UsageError
 from ..load import check_model_name, load_model
 from ..parameters import count_parameters
@@ -69,13 +70,9 @@ def evaluate_models(names: list[str], settings: EvalSettings) -> EvalReport:
 
 
 def write_report(report, out_dir: str | Path, stem: str) -> list[Path]:
-    """`stem`.md and `stem`.json in `out_dir` (created); returns the paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json"]
-    paths[0].write_text(report.to_markdown())
-    paths[1].write_text(report.to_json() + "\n")
-    return paths
+    """`stem`.md and `stem`.json in `out_dir` (created), both or neither; returns the paths."""
+    return write_files(out_dir, {f"{stem}.md": lambda path: path.write_text(report.to_markdown()),
+                                 f"{stem}.json": lambda path: path.write_text(report.to_json() + "\n")})
 
 
 __all__ = [

@@ -4,20 +4,23 @@ DDP (`torchrun --nproc_per_node N`) or FSDP, through the Hugging Face Trainer.""
 import importlib.util
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback, TrainerState
 
-from ..checkpoint import DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, first_line, load_config, resolve, save_model
+from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, check_weight_format, first_line, load_config,
+                          load_weights, resolve, save_model, write_error)
 from ..data.datasets import build_datasets, collate
-from ..errors import MidusError, UsageError
+from ..errors import MidusError, UsageError, warn
 from ..recipe import RECIPE_FILE
 from .config import TrainConfig
 from .metrics import plot_loss
 from .optim import select_trainable
+from .preemption import Preempted, PreemptionFlag, catch_preemption
 from .rundir import RunFolder, checkpoint_step
 from .trainer import MidusTrainer, RunCallback
 
@@ -30,21 +33,36 @@ CHECKPOINTING_ARGUMENT = ("activation_checkpointing" if "activation_checkpointin
 def train(config: TrainConfig, overwrite: bool = False) -> Path:
     """Train `config.model` by `config`; returns the final model folder (`output_dir/model`).
 
-    An output folder holding this run resumes from its last complete checkpoint (or returns at once
-    if the run is finished); one holding another run is refused unless `overwrite`."""
+    An output folder holding this run resumes from its last intact checkpoint (or returns at once if
+    the run is finished); one holding another run is refused unless `overwrite`, and one that a live
+    run holds is refused. On SIGTERM / SIGUSR1 every process finishes its step, a checkpoint is written
+    at that step, and `Preempted` is raised: the same call resumes."""
     run = RunFolder(config.output_dir)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(config, run, processes)  # sets up the process group under torchrun
     model_config = load_config(config.model)
     check_model(config, model_config)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
-    with args.main_process_first(desc="run folder"):
-        run.prepare(config, overwrite, writer=args.should_save)
-    if run.model.is_dir():
-        return run.model  # finished before
+    with ExitStack() as held, catch_preemption() as preemption:
+        with args.main_process_first(desc="run folder"):
+            if args.should_save:
+                held.enter_context(run.hold(config, overwrite))  # the lock, for the whole run
+            else:
+                run.prepare(config, overwrite, writer=False)
+        if run.model.is_dir():
+            return run.model  # finished before
+        try:
+            return train_in(run, config, args, tokenizer, model_config, preemption)
+        except OSError as error:  # a failed write outside a save (the metrics, on a full disk)
+            raise write_error(error, run.root, f"the last complete checkpoint ({run.last_checkpoint() or 'none'}) "
+                                               "is intact; run the same command again to resume") from None
+
+
+def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, tokenizer, model_config,
+             preemption: PreemptionFlag) -> Path:
     with args.main_process_first(desc="tokenize"):
         train_data, eval_data = build_datasets(config.data, tokenizer, config.seq_len, config.seed)
-    resume = run.last_checkpoint()
+    resume = decided_by_main(args, run.resume_checkpoint)
     resume_step = checkpoint_step(resume) if resume else 0
     finished = resume_step >= config.total_steps  # killed after the last checkpoint: only the model is left to write
     model = load_model(str(resume) if finished else config.model)
@@ -53,26 +71,55 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
     select_trainable(model, config.trainable)
     if args.should_save:
         run.truncate_metrics(resume_step)
+    if preemption.received:
+        raise Preempted(f"{preemption.name} received before training (re)started at step {resume_step}; "
+                        "nothing new to save; run the same command again to resume")
     deterministic = torch.are_deterministic_algorithms_enabled()
+    progress = RunCallback(run, config.tokens_per_step)
     try:
         trainer = MidusTrainer(
             model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate,
-            processing_class=tokenizer, train_config=config, run=run,
-            callbacks=[RunCallback(run, config.tokens_per_step)],
+            processing_class=tokenizer, train_config=config, run=run, resume=resume, preemption=preemption,
+            callbacks=[progress],
         )
         trainer.remove_callback(ProgressCallback)
         if finished:
             trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME))
         else:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if trainer.preemption.stopped_by:
+            step = trainer.state.global_step
+            raise Preempted(f"{trainer.preemption.stopped_by} received: stopped after step {step} with a complete "
+                            f"checkpoint, {run.root / f'checkpoint-{step}'}; run the same command again to resume")
         if eval_data is not None and not evaluated_at(trainer.state, run):
             trainer.evaluate()
         write_final_model(trainer, tokenizer, config.model, run.model, saved_dtype(model_config))
     finally:
+        progress.close()
         torch.use_deterministic_algorithms(deterministic)
         if args.should_save:
-            plot_loss(run.records(), run.plot)
+            try:
+                plot_loss(run.records(), run.plot)
+            except OSError as error:  # never hides the error that ended the run
+                warn(f"cannot write {run.plot}: {error.strerror or error}")
     return run.model
+
+
+def decided_by_main(args: TrainingArguments, decide):
+    """`decide()` on the main process; its result, or its error, on every process."""
+    if args.world_size == 1:
+        return decide()
+    outcome = [None]
+    if args.process_index == 0:
+        try:
+            outcome = [(decide(), None)]
+        except MidusError as error:
+            outcome = [(None, error)]
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    result, error = outcome[0]
+    if error is not None:
+        raise error
+    return result
 
 
 def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> TrainingArguments:
@@ -119,6 +166,7 @@ def fsdp_options(config: TrainConfig) -> dict | None:
 
 
 def check_model(config: TrainConfig, model_config) -> None:
+    check_weight_format(resolve(config.model), f"model {config.model}")
     if model_config.model_type not in TRAINABLE_FAMILIES:
         raise MidusError(f"model {config.model}: model_type {model_config.model_type!r} cannot be trained here; "
                          f"supported: {', '.join(TRAINABLE_FAMILIES)}")
@@ -137,10 +185,7 @@ def load_tokenizer(name: str):
 
 def load_model(name: str):
     """The model in fp32 master weights (a MIDUS folder loads through the registered MIDUS classes)."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise MidusError(f"model {name}: cannot load its weights ({first_line(error)})") from None
+    return load_weights(resolve(name), f"model {name}", dtype=torch.float32)
 
 
 def saved_dtype(model_config) -> torch.dtype:

@@ -1,7 +1,9 @@
 """The run folder: one run per folder, checkpoints published atomically, exact resume.
 
+    OUT/.lock                held by the live run (`lock.folder_lock`): a second one is refused
     OUT/train_config.yaml    the run's config (a folder holding another run is refused)
-    OUT/checkpoint-<step>/   complete checkpoints only: each is written under OUT/.staging/ and renamed
+    OUT/checkpoint-<step>/   complete checkpoints only: each is written under OUT/.staging/, its files'
+                             checksums recorded (checksums.sha256), then renamed into place
     OUT/metrics.jsonl        one JSON record per log step / evaluation
     OUT/loss.png             the loss curve
     OUT/model/               the final model, written when the budget is spent
@@ -11,13 +13,15 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from transformers.trainer import TRAINER_STATE_NAME
 
-from ..errors import UsageError
+from ..checkpoint import CHECKSUMS_FILE, atomic_write_text, checksum_problem, missing_parents
+from ..errors import MidusError, UsageError, warn
 from .config import TrainConfig, TrainConfigError
+from .lock import LOCK_FILE, folder_lock
 
 CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -26,7 +30,7 @@ MODEL_DIR = "model"
 STAGING_DIR = ".staging"
 TRASH_PREFIX = ".trash-"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = TRAINER_STATE_NAME  # the Trainer writes it last
+COMPLETE_MARKER = CHECKSUMS_FILE  # written last, once every process has written its part
 
 
 class RunFolder:
@@ -40,24 +44,72 @@ class RunFolder:
 
     # --- one run per folder -------------------------------------------------------------------------
 
+    @contextmanager
+    def hold(self, config: TrainConfig, overwrite: bool):
+        """The main process's hold on the folder for the whole run: its lock, then `prepare`. A run
+        that fails before its first step leaves the folder as it found it (none, or empty)."""
+        self.check_usable(config)
+        created = [] if self.root.exists() else [self.root, *missing_parents(self.root)]
+        was_empty = not self.root.exists() or not any(self.root.iterdir())
+        self.root.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.root, "midus train run"):
+            try:
+                self.prepare(config, overwrite, writer=True)
+                yield
+            except BaseException:
+                if was_empty and not self.started():
+                    self.remove_unstarted(created)  # under the lock: a refused second start never gets here
+                raise
+
     def prepare(self, config: TrainConfig, overwrite: bool, writer: bool) -> None:
         """Make the folder ready for `config`: new, or the same run to resume. Another run in it is
-        refused unless `overwrite` (then it is deleted). Only the `writer` process changes files."""
-        check_not_inside(self.root, config)
-        if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"output_dir {self.root} is a file, not a folder")
-        if self.root.is_dir() and any(self.root.iterdir()):
+        refused unless `overwrite` (then it is deleted). Only the `writer` process changes files,
+        under the folder's lock (`hold`)."""
+        self.check_usable(config)
+        if self.root.is_dir() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
             problem = self.different_run(config)
             if problem and not overwrite:
                 raise UsageError(f"output_dir {self.root} {problem}; pass --overwrite to replace it, or choose another output_dir")
             if problem and writer:
-                shutil.rmtree(self.root)
+                self.clear()
         if not writer:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         for leftover in [self.staging, *self.root.glob(f"{TRASH_PREFIX}*"), *self.root.glob(f".{MODEL_DIR}.tmp-*")]:
             shutil.rmtree(leftover, ignore_errors=True)  # debris of a run killed while saving
-        self.config_file.write_text(f"# midus train run {config.fingerprint()}\n" + config.to_yaml())
+        atomic_write_text(self.config_file, f"# midus train run {config.fingerprint()}\n" + config.to_yaml())
+
+    def check_usable(self, config: TrainConfig) -> None:
+        check_not_inside(self.root, config)
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"output_dir {self.root} is a file, not a folder")
+
+    def clear(self) -> None:
+        """Delete everything in the folder but its lock (held by this process)."""
+        for path in self.root.iterdir():
+            if path.name == LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    def started(self) -> bool:
+        """Whether the run got as far as its first logged step, checkpoint or final model."""
+        return self.metrics.is_file() or self.model.is_dir() or any(self.root.glob("checkpoint-*"))
+
+    def remove_unstarted(self, created: list[Path]) -> None:
+        """Undo a run that failed before its first step: the folder (and the parents it needed) go
+        if this run created them, else it is emptied again."""
+        if created:
+            shutil.rmtree(self.root, ignore_errors=True)
+            for parent in created[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+        else:
+            self.clear()
+            (self.root / LOCK_FILE).unlink(missing_ok=True)
 
     def different_run(self, config: TrainConfig) -> str | None:
         """Why the folder cannot host `config`'s run, or None if it holds that very run."""
@@ -86,6 +138,20 @@ class RunFolder:
     def last_checkpoint(self) -> Path | None:
         return (self.checkpoints() or [None])[-1]
 
+    def resume_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files still match the checksums recorded when it was written
+        (one truncated, bit-flipped or lost since is skipped with a warning), or None if there is none."""
+        found = sorted((p for p in self.root.glob("checkpoint-*") if CHECKPOINT.match(p.name)), key=checkpoint_step)
+        for path in reversed(found):
+            problem = checksum_problem(path)
+            if problem is None:
+                return path
+            warn(f"skipping checkpoint {path}: {problem}")
+        if found:
+            raise MidusError(f"no intact checkpoint left in {self.root}: {', '.join(p.name for p in found)} fail their "
+                             "checksums (see the warnings); pass --overwrite to start the run over")
+        return None
+
     def publish(self, staged: Path, keep: int) -> Path:
         """Move a fully written checkpoint from the staging folder into place (one atomic rename),
         then delete all but the `keep` newest."""
@@ -111,9 +177,7 @@ class RunFolder:
         if not self.metrics.is_file():
             return
         kept = [line for line in self.metrics.read_text().splitlines() if record_step(line) <= step]
-        tmp = self.metrics.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics)
+        atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
 
     def records(self) -> list[dict]:
         lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []

@@ -1,8 +1,11 @@
-"""The engine: the Hugging Face Trainer with the paper's optimiser rule, atomic checkpoints, a stop on
-a non-finite loss, per-group learning rates and tokens/s in the logs, and a tokens/s progress bar."""
+"""The engine: the Hugging Face Trainer with the paper's optimiser rule, atomic checksummed checkpoints,
+a stop on preemption (with a checkpoint at the step reached) and on a non-finite loss, per-group
+learning rates and tokens/s in the logs, and a tokens/s progress bar."""
 
 import json
 import math
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -10,8 +13,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from ..checkpoint import write_checksums, write_error
 from ..errors import MidusError
 from .optim import build_optimizer, build_scheduler
+from .preemption import PreemptionFlag
 from .rundir import RunFolder
 
 
@@ -20,12 +25,14 @@ class NonFiniteLoss(MidusError):
 
 
 class MidusTrainer(Trainer):
-    def __init__(self, *args, train_config, run: RunFolder, **kwargs):
+    def __init__(self, *args, train_config, run: RunFolder, resume: Path | None, preemption: PreemptionFlag, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_config, self.run = train_config, run
         self.step_loss = None  # sum of this step's micro-batch losses (this process)
         self.clock = None  # (step, time) of the previous training record, or of the (re)start
-        self.add_callback(TrainingClock(self))
+        self.add_callback(TrainingClock(self, resume))
+        self.preemption = PreemptionCallback(self, preemption)
+        self.add_callback(self.preemption)
 
     # --- the optimiser rule --------------------------------------------------------------------------
 
@@ -60,16 +67,26 @@ class MidusTrainer(Trainer):
                     f"the weights; last good checkpoint: {last or 'none'}. Lower lr, check the data, or use precision fp32")
         return loss
 
-    # --- atomic checkpoints --------------------------------------------------------------------------
+    # --- atomic, checksummed checkpoints -------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):
-        """The Trainer writes the checkpoint into the staging folder (args.output_dir); once every
-        process has written its part, the main process renames it into the run folder."""
-        super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            staged = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            self.run.publish(staged, keep=self.train_config.keep_checkpoints)
+        """The Trainer writes the checkpoint into the staging folder (args.output_dir), with each
+        process's loss since the last log; once every process has written its part, the main process
+        records the files' checksums and renames the folder into the run folder. A failed write
+        (a full disk) removes the staged folder and stops with one line; published ones stay intact."""
+        staged = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+            write_loss_window(self, staged)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                write_checksums(staged)
+                self.run.publish(staged, keep=self.train_config.keep_checkpoints)
+        except OSError as error:
+            shutil.rmtree(staged, ignore_errors=True)
+            last = self.run.last_checkpoint()
+            raise write_error(error, staged, f"{staged.name} was not saved; the last complete checkpoint "
+                                             f"({last or 'none'}) is intact") from None
         self.accelerator.wait_for_everyone()
 
     # --- logs: per-group learning rates, tokens, tokens/s, perplexity --------------------------------
@@ -91,13 +108,54 @@ class MidusTrainer(Trainer):
 
 
 class TrainingClock(TrainerCallback):
-    """Starts the tokens/s clock where training (re)starts: after a resume, at the resumed step."""
+    """Starts the tokens/s clock where training (re)starts: after a resume, at the resumed step, with
+    the loss summed since the last log restored from the checkpoint (a preemption checkpoint can fall
+    between two logs), so that the resumed run logs what an unbroken one does."""
 
-    def __init__(self, trainer: MidusTrainer):
-        self.trainer = trainer
+    def __init__(self, trainer: MidusTrainer, resume: Path | None):
+        self.trainer, self.resume = trainer, resume
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.clock = (state.global_step, time.time())
+        if self.resume is not None:
+            read_loss_window(self.trainer, self.resume)
+
+
+def loss_window_file(trainer: MidusTrainer) -> str:
+    return f"loss_window_{trainer.args.process_index}.json"
+
+
+def write_loss_window(trainer: MidusTrainer, folder: Path) -> None:
+    window = {"loss_sum": trainer._tr_loss.item(), "last_logged_step": trainer._globalstep_last_logged}
+    (folder / loss_window_file(trainer)).write_text(json.dumps(window) + "\n")
+
+
+def read_loss_window(trainer: MidusTrainer, folder: Path) -> None:
+    path = folder / loss_window_file(trainer)
+    if path.is_file():  # absent when the process count changed: the first log then averages fewer steps
+        window = json.loads(path.read_text())
+        trainer._tr_loss.fill_(window["loss_sum"])
+        trainer._globalstep_last_logged = window["last_logged_step"]
+
+
+class PreemptionCallback(TrainerCallback):
+    """At the end of every optimizer step, the processes agree whether any of them received a
+    preemption signal; if so, every process saves a checkpoint at this step and training stops."""
+
+    def __init__(self, trainer: MidusTrainer, flag: PreemptionFlag):
+        self.trainer, self.flag = trainer, flag
+        self.stopped_by: str | None = None  # the signal's name, once training stopped for it
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            return  # the run ends here anyway
+        accelerator = self.trainer.accelerator
+        received = torch.tensor([self.flag.received or 0], device=accelerator.device)
+        signum = int(accelerator.gather(received).max())
+        if signum:
+            self.stopped_by = signal.Signals(signum).name
+            control.should_save = True
+            control.should_training_stop = True
 
 
 class RunCallback(TrainerCallback):
@@ -126,6 +184,10 @@ class RunCallback(TrainerCallback):
             self.bar.set_postfix({key: f"{logs[key]:.4g}" for key in ("loss", "eval_loss") if key in logs}, refresh=False)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line (also when training fails, so that the error gets a line of its own)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
