@@ -245,3 +245,61 @@ def test_every_shipped_experiment_validates_and_finds_its_recipes(name):
     for m in experiment.method_names:
         config = experiment.train_config(m, "model", "out", 0, {"files": ["x.jsonl"]} if experiment.embedded else None)
         assert config.trainable == ("new-blocks" if m == "llama-pro" and not experiment.embedded else "all")
+
+
+def test_sigterm_during_cpt_checkpoints_stops_with_code_75_and_resumes(unbroken, cache, tmp_path):
+    out = tmp_path / "out"
+    log = tmp_path / "stderr.txt"
+    sets = [arg for key, value in PAIR.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "midus", "compare", "tiny-test", "--out", str(out), *sets],
+                                   env={**os.environ, "MIDUS_CACHE": str(cache)}, stdout=subprocess.DEVNULL, stderr=stderr)
+        cpt = out / "work" / "midus-seed0" / "cpt"
+        deadline = time.time() + 240
+        while not any(cpt.glob("checkpoint-*")):
+            assert process.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 75
+    last = [line for line in log.read_text().replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert last.startswith("preempted: SIGTERM received: stopped after step") and "run the same command" in last
+    assert not (out / "stages" / "cpt-midus-seed0.json").exists()
+    report = CompareReport.model_validate_json((out / "results.json").read_text())
+    assert [(s.stage, s.method, s.status) for s in report.stages][-1] == ("cpt", "midus", "interrupted")
+    resumed = run_comparison(load_experiment("tiny-test", PAIR), out, cache_dir=cache)
+    assert quality(resumed) == quality(unbroken)
+
+
+def test_a_second_comparison_on_a_held_folder_is_refused(cache, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom midus.train.lock import folder_lock\n"
+                               f"with folder_lock({str(out)!r}, 'midus compare'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match=f"pid {holder.pid}") as refused:
+            run_comparison(load_experiment("tiny-test", PAIR), out, cache_dir=cache)
+        assert "\n" not in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "stages").exists()
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(compared, cache, monkeypatch):
+    out, _ = compared
+    before = {name: (out / name).read_bytes() for name in ("results.json", "results.md")}
+    real = Path.write_text
+
+    def full_disk(path, text, *args, **kwargs):
+        if path.name.endswith("results.md"):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    result = runner.invoke(app, ["compare", "tiny-test", "--out", str(out), "--cache-dir", str(cache)])
+    assert_one_line_error(result, "cannot write", "results.md", "No space left on device", "nothing in", "was replaced",
+                          other_lines=True)  # the progress of the (resumed) stages comes first
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]

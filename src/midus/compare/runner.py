@@ -30,7 +30,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ..checkpoint import atomic_write_text, write_files
 from ..errors import MidusError, UsageError
+from ..train.lock import LOCK_FILE, folder_lock
+from ..train.preemption import Preempted, PreemptionFlag, catch_preemption
 from .experiment import EMBEDDED_MC_TASK, Experiment
 from .report import BenchFigures, CompareReport, Cpt, Identity, Run, StageRecord, TaskScore, to_markdown
 
@@ -54,33 +57,35 @@ class StageState:
         return self.result if self.saved is None else self.saved
 
 
-def prepare_out_dir(out: Path, experiment: Experiment, overwrite: bool) -> None:
+def check_out_dir(out: Path, experiment: Experiment, overwrite: bool) -> bool:
     """A new or empty folder, or one holding this same experiment (resumed); another experiment is
-    refused unless `overwrite`; a folder that is not a comparison's is always refused."""
-    text = experiment.to_yaml()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        held = out / EXPERIMENT_FILE
-        if not held.is_file():
-            raise UsageError(f"output {out} exists and is not a comparison folder; choose a new --out")
-        if held.read_text() != text:
-            if not overwrite:
-                raise UsageError(f"output {out} holds another experiment ({held}); pass --overwrite to replace it, "
-                                 "or choose another --out")
-            shutil.rmtree(out)
-    (out / STAGES_DIR).mkdir(parents=True, exist_ok=True)
-    write_atomic(out / EXPERIMENT_FILE, text)
+    refused unless `overwrite` (then True: it is to be cleared); a folder that is not a comparison's
+    is always refused."""
+    if not out.exists() or (out.is_dir() and not any(p.name != LOCK_FILE for p in out.iterdir())):
+        return False
+    held = out / EXPERIMENT_FILE
+    if not out.is_dir() or not held.is_file():
+        raise UsageError(f"output {out} exists and is not a comparison folder; choose a new --out")
+    if held.read_text() == experiment.to_yaml():
+        return False
+    if not overwrite:
+        raise UsageError(f"output {out} holds another experiment ({held}); pass --overwrite to replace it, "
+                         "or choose another --out")
+    return True
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def clear(out: Path) -> None:
+    """Everything but the lock (held by this process)."""
+    for path in out.iterdir():
+        if path.name != LOCK_FILE:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 class Comparison:
     def __init__(self, experiment: Experiment, out: Path, *, cache_dir: Path | None = None, command: str = "midus compare",
-                 console: Console | None = None):
+                 console: Console | None = None, preemption: PreemptionFlag | None = None):
         self.experiment, self.out, self.cache_dir = experiment, Path(out), cache_dir
+        self.preemption = preemption or PreemptionFlag()
         self.console = console or Console(stderr=True, highlight=False)
         self.work = self.out / "work"
         self.report = CompareReport(command=command, experiment=experiment.model_dump(mode="json"),
@@ -100,6 +105,9 @@ class Comparison:
         work), and the stage sets `result` to store it. A failure is recorded and raised as StageFailed."""
         self.count += 1
         label = " ".join(str(x) for x in (name, method, None if seed is None else f"seed {seed}") if x)
+        if self.preemption.received:  # a signal during the last stage: stop between stages, all kept
+            raise Preempted(f"{self.preemption.name} received: stopped before {label}; every finished stage is kept; "
+                            "run the same command again to resume")
         record = StageRecord(stage=name, method=method, seed=seed, status="ok")
         path = self.out / STAGES_DIR / f"{key}.json" if key else None
         saved = json.loads(path.read_text()) if path is not None and path.is_file() else None
@@ -111,6 +119,9 @@ class Comparison:
         begin = time.time()
         try:
             yield state
+        except Preempted:  # CPT checkpointed at the step it reached: the whole comparison stops, resumably
+            record.status = "interrupted"
+            raise
         except Exception as error:  # noqa: BLE001 - any failure of a stage is reported, the comparison goes on
             record.status, record.error = "failed", one_line(error)
             with (self.out / "errors.log").open("a") as log:
@@ -124,7 +135,7 @@ class Comparison:
             if saved is None:
                 record.seconds = time.time() - begin
                 if path is not None and record.status == "ok":
-                    write_atomic(path, json.dumps({"seconds": record.seconds, "result": state.result}))
+                    atomic_write_text(path, json.dumps({"seconds": record.seconds, "result": state.result}))
             self.report.stages.append(record)
             if record.status == "ok":
                 self.console.print(f"[green]✓ {label}[/] in {record.seconds:.1f} s" + (" (earlier run)" if saved else ""))
@@ -325,7 +336,7 @@ class Comparison:
                 state.result = {"figures": bench_figures(models, rounds),
                                  "shapes": {m: [x.layers, x.params_total] for m, path in models.items()
                                             for x in rounds[0].models if x.name == str(path)}}
-                write_atomic(self.out / "bench.md", "\n".join(result.to_markdown() for result in rounds))
+                atomic_write_text(self.out / "bench.md", "\n".join(result.to_markdown() for result in rounds))
             self.report.bench = {m: BenchFigures(**f) for m, f in state.value["figures"].items()}
             shapes = {m: tuple(shape) for m, shape in state.value["shapes"].items()}
             self.report.timing_noise = timing_noise(self.report.bench, shapes)
@@ -334,8 +345,9 @@ class Comparison:
         from .plots import write_plots
 
         self.report.summarise()
-        write_atomic(self.out / "results.json", self.report.to_json() + "\n")
-        write_atomic(self.out / "results.md", to_markdown(self.report))
+        json_text, markdown = self.report.to_json() + "\n", to_markdown(self.report)
+        write_files(self.out, {"results.json": lambda path: path.write_text(json_text),  # both or neither:
+                               "results.md": lambda path: path.write_text(markdown)})  # a full disk replaces nothing
         if plots:
             try:
                 write_plots(self.report, self.out)
@@ -405,6 +417,14 @@ def run_comparison(experiment: Experiment, out: str | Path, *, overwrite: bool =
 
     check(experiment)  # every recipe fits the base, every task exists: before any stage runs
     out = Path(out)
-    prepare_out_dir(out, experiment, overwrite)
-    comparison = Comparison(experiment, out, cache_dir=Path(cache_dir) if cache_dir else None, command=command)
-    return comparison.run()
+    replace = check_out_dir(out, experiment, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    # SIGTERM / SIGUSR1 (SLURM, Kubernetes): CPT checkpoints at its step, other stages finish, then it stops
+    with folder_lock(out, "midus compare"), catch_preemption() as preemption:
+        if replace:
+            clear(out)
+        (out / STAGES_DIR).mkdir(exist_ok=True)
+        atomic_write_text(out / EXPERIMENT_FILE, experiment.to_yaml())
+        comparison = Comparison(experiment, out, cache_dir=Path(cache_dir) if cache_dir else None, command=command,
+                                preemption=preemption)
+        return comparison.run()
