@@ -303,3 +303,15 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(compared, c
                           other_lines=True)  # the progress of the (resumed) stages comes first
     assert {name: (out / name).read_bytes() for name in before} == before
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_methods_of_unequal_depth_are_warned_about(capsys):
+    from midus.compare import check
+
+    check(load_experiment("tiny-test", {"methods": [TINY["llama-pro"], {"name": "deeper", "recipe": {
+        "method": "llama-pro", "new_blocks": 3}}], "reference": "llama-pro"}))
+    warning = capsys.readouterr().err.strip()
+    assert warning == ("warning: the methods grow to different depths (llama-pro 6, deeper 7); the paper compares "
+                       "them at equal depth (e.g. set solar_overlap so SOLAR matches)")
+    check(load_experiment("tiny-test"))
+    assert capsys.readouterr().err == ""

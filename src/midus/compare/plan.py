@@ -2,7 +2,7 @@
 is valid; and `--dry-run`'s plan: per method the layers, parameters, FLOPs and token budget."""
 
 from ..checkpoint import load_config
-from ..errors import MidusError, UsageError
+from ..errors import MidusError, UsageError, warn
 from .experiment import EMBEDDED_MC_TASK, Experiment, ExperimentError
 
 PLACEHOLDER_DATA = {"files": ["embedded-cpt-part.jsonl"]}  # the embedded CPT part, before the corpus exists
@@ -32,6 +32,10 @@ def check(experiment: Experiment, config=None) -> dict:
         except (MidusError, UsageError) as error:
             raise ExperimentError(f"methods.{name}: {error}") from None
         planned[name] = (recipe, model, experiment.train_config(name, "model", "cpt", experiment.seeds[0], data))
+    depths = {name: model.config.num_hidden_layers for name, (recipe, model, _) in planned.items() if recipe.method != "none"}
+    if len(set(depths.values())) > 1:  # the paper compares methods at equal depth (16 -> 24 for all)
+        warn("the methods grow to different depths (" + ", ".join(f"{n} {d}" for n, d in depths.items())
+             + "); the paper compares them at equal depth (e.g. set solar_overlap so SOLAR matches)")
     tasks = [t for t in experiment.evaluation.tasks if t != EMBEDDED_MC_TASK]
     if tasks:
         include = [str(experiment.path(p)) for p in experiment.evaluation.include_paths]

@@ -20,6 +20,16 @@ from .preemption import PreemptionFlag
 from .rundir import RunFolder
 
 
+def restore_indexed_cpu(storage, location: str):
+    """torch restores storages tagged "cpu" but not "cpu:<index>". Before transformers 5.18 the
+    Trainer resumes a multi-process CPU run's optimizer with map_location=args.device, which is
+    "cpu:<rank>" under torchrun; this maps it to plain CPU (through torch's public registry)."""
+    return storage if location.startswith("cpu:") else None
+
+
+torch.serialization.register_package(100, lambda obj: None, restore_indexed_cpu)
+
+
 class NonFiniteLoss(MidusError):
     """The loss became NaN or inf: training stops before the weights are updated."""
 
