@@ -89,7 +89,7 @@ class Comparison:
         self.console = console or Console(stderr=True, highlight=False)
         self.work = self.out / "work"
         self.report = CompareReport(command=command, experiment=experiment.model_dump(mode="json"),
-                                    environment=environment(), reference=experiment.reference)
+                                    environment=environment(experiment.device), reference=experiment.reference)
         self.started = time.time()
         self.corpus = self.base = self.base_model = None
         self.final_models: dict[str, Path] = {}
@@ -402,12 +402,13 @@ def timing_noise(figures: dict[str, BenchFigures], shapes: dict[str, tuple]) -> 
             "decode_ms_per_token": spread("decode_ms_per_token")}
 
 
-def environment() -> dict:
+def environment(device: str = "cpu") -> dict:
     import transformers
 
+    name = (torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") and torch.cuda.is_available()
+            else f"cpu ({platform.machine()}, {os.cpu_count()} cores)")
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "device_name": f"cpu ({platform.machine()}, {os.cpu_count()} cores)", "threads": torch.get_num_threads(),
-            "argv": " ".join(sys.argv)}
+            "device": device, "device_name": name, "threads": torch.get_num_threads(), "argv": " ".join(sys.argv)}
 
 
 def run_comparison(experiment: Experiment, out: str | Path, *, overwrite: bool = False,
