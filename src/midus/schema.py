@@ -25,17 +25,7 @@ class YamlModel(Strict):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None):
         """Read and validate `path`; `overrides` set dotted fields ({"data.streaming": True}) first."""
-        path = Path(path)
-        if not path.is_file():
-            raise cls.error(f"{cls.kind} {path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except UnicodeDecodeError:
-            raise cls.error(f"{cls.kind} {path}: not a text file (a YAML {cls.kind} is UTF-8 text)") from None
-        except yaml.YAMLError as error:
-            raise cls.error(f"{cls.kind} {path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise cls.error(f"{cls.kind} {path}: expected a mapping of fields, got {type(data).__name__}")
+        data = read_mapping(path, cls.kind, cls.error)
         for key, value in (overrides or {}).items():
             cls.set_dotted(data, key, value)
         return cls.parse(data, source=str(path))
@@ -60,6 +50,26 @@ class YamlModel(Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def read_mapping(path: str | Path, kind: str, error: type[UsageError]) -> dict:
+    """The mapping a YAML file holds, or `error` with one line: no such file, not text, not YAML, not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{kind} {path}: no such file")
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise error(f"{kind} {path}: not a text file (a YAML {kind} is UTF-8 text)")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        raise error(f"{kind} {path}: not valid YAML ({str(problem).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise error(f"{kind} {path}: expected a mapping of fields, got {type(data).__name__}")
+    return data
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:

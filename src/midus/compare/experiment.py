@@ -10,13 +10,12 @@ The embedded experiments (`tiny`, `tiny-quick`, `tiny-test`) ship with the packa
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ..errors import UsageError
 from ..evaluate.texts import TextSource
 from ..recipe import METHODS, Recipe
-from ..schema import Strict, YamlModel
+from ..schema import Strict, YamlModel, read_mapping
 from ..train.config import TrainConfig
 
 EMBEDDED_DIR = Path(__file__).parent / "experiments"
@@ -212,12 +211,12 @@ class Experiment(YamlModel):
             if spec.recipe is None and not file.is_file():
                 raise ExperimentError(f"methods.{name}: no recipe {file}; name a method ({', '.join(METHODS)}) with "
                                       "a recipe in the `recipes` folder, or give the entry a recipe")
-            fields, source = read_mapping(file, "recipe"), str(file)
+            fields, source = read_mapping(file, "recipe", ExperimentError), str(file)
         else:
             method = spec.recipe.get("method", name)
             file = self.path(self.recipes) / f"{method}.yaml" if self.recipes else None
             if file is not None and file.is_file():
-                fields = read_mapping(file, "recipe")
+                fields = read_mapping(file, "recipe", ExperimentError)
             fields = merge(fields, {"method": method, **spec.recipe})
         return Recipe.parse({**fields, "base": base, "dtype": self.dtype, "seed": seed}, source=source)
 
@@ -239,18 +238,6 @@ def merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def read_mapping(path: Path, kind: str) -> dict:
-    if not path.is_file():
-        raise ExperimentError(f"{kind} {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ExperimentError(f"{kind} {path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ExperimentError(f"{kind} {path}: expected a mapping of fields, got {type(data).__name__}")
-    return data
-
-
 def embedded_names() -> list[str]:
     return sorted(p.stem for p in EMBEDDED_DIR.glob("*.yaml"))
 
@@ -263,8 +250,6 @@ def load_experiment(name_or_path: str, overrides: dict[str, Any] | None = None) 
     if not path.is_file():
         raise ExperimentError(f"experiment {name_or_path}: no such file, nor an embedded experiment "
                               f"({', '.join(embedded_names())})")
-    if path.read_bytes()[:4096].count(b"\0"):
-        raise ExperimentError(f"experiment {path}: not a text file")
     experiment = Experiment.from_yaml(path, overrides)
     experiment._source_dir = path.resolve().parent
     return experiment

@@ -32,7 +32,7 @@ from rich.console import Console
 
 from ..checkpoint import atomic_write_text, write_files
 from ..errors import MidusError, UsageError
-from ..train.lock import LOCK_FILE, folder_lock
+from ..train.lock import LOCK_FILE, clear_but_lock, folder_lock
 from ..train.preemption import Preempted, PreemptionFlag, catch_preemption
 from .experiment import EMBEDDED_MC_TASK, Experiment
 from .report import BenchFigures, CompareReport, Cpt, Identity, Run, StageRecord, TaskScore, to_markdown
@@ -57,7 +57,7 @@ class StageState:
         return self.result if self.saved is None else self.saved
 
 
-def check_out_dir(out: Path, experiment: Experiment, overwrite: bool) -> bool:
+def check_comparison_folder(out: Path, experiment: Experiment, overwrite: bool) -> bool:
     """A new or empty folder, or one holding this same experiment (resumed); another experiment is
     refused unless `overwrite` (then True: it is to be cleared); a folder that is not a comparison's
     is always refused."""
@@ -72,13 +72,6 @@ def check_out_dir(out: Path, experiment: Experiment, overwrite: bool) -> bool:
         raise UsageError(f"output {out} holds another experiment ({held}); pass --overwrite to replace it, "
                          "or choose another --out")
     return True
-
-
-def clear(out: Path) -> None:
-    """Everything but the lock (held by this process)."""
-    for path in out.iterdir():
-        if path.name != LOCK_FILE:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 class Comparison:
@@ -418,12 +411,12 @@ def run_comparison(experiment: Experiment, out: str | Path, *, overwrite: bool =
 
     check(experiment)  # every recipe fits the base, every task exists: before any stage runs
     out = Path(out)
-    replace = check_out_dir(out, experiment, overwrite)
+    replace = check_comparison_folder(out, experiment, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     # SIGTERM / SIGUSR1 (SLURM, Kubernetes): CPT checkpoints at its step, other stages finish, then it stops
     with folder_lock(out, "midus compare"), catch_preemption() as preemption:
         if replace:
-            clear(out)
+            clear_but_lock(out)
         (out / STAGES_DIR).mkdir(exist_ok=True)
         atomic_write_text(out / EXPERIMENT_FILE, experiment.to_yaml())
         comparison = Comparison(experiment, out, cache_dir=Path(cache_dir) if cache_dir else None, command=command,

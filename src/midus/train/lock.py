@@ -8,6 +8,7 @@ dead holder. Taking such a lock over is safe when the holder was on this host an
 import errno
 import fcntl
 import os
+import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,3 +83,13 @@ def read_holder(fd: int) -> tuple[int, str] | None:
 def describe(holder: tuple[int, str] | None) -> str:
     return "holder unknown" if holder is None else f"pid {holder[0]} on host {holder[1]}"
 
+
+def clear_but_lock(folder: str | Path) -> None:
+    """Delete everything in `folder` but its lock file (held by this process: `folder_lock`)."""
+    for path in Path(folder).iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpoint import CHECKSUMS_FILE, atomic_write_text, checksum_problem, missing_parents
+from ..checkpoint import CHECKSUMS_FILE, atomic_write_text, checksum_problem, missing_parents, remove_if_empty
 from ..errors import MidusError, UsageError, warn
 from .config import TrainConfig, TrainConfigError
-from .lock import LOCK_FILE, folder_lock
+from .lock import LOCK_FILE, clear_but_lock, folder_lock
 
 CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -71,7 +71,7 @@ class RunFolder:
             if problem and not overwrite:
                 raise UsageError(f"output_dir {self.root} {problem}; pass --overwrite to replace it, or choose another output_dir")
             if problem and writer:
-                self.clear()
+                clear_but_lock(self.root)
         if not writer:
             return
         for leftover in [self.staging, *self.root.glob(f"{TRASH_PREFIX}*"), *self.root.glob(f".{MODEL_DIR}.tmp-*")]:
@@ -83,16 +83,6 @@ class RunFolder:
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"output_dir {self.root} is a file, not a folder")
 
-    def clear(self) -> None:
-        """Delete everything in the folder but its lock (held by this process)."""
-        for path in self.root.iterdir():
-            if path.name == LOCK_FILE:
-                continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
     def started(self) -> bool:
         """Whether the run got as far as its first logged step, checkpoint or final model."""
         return self.metrics.is_file() or self.model.is_dir() or any(self.root.glob("checkpoint-*"))
@@ -102,13 +92,10 @@ class RunFolder:
         if this run created them, else it is emptied again."""
         if created:
             shutil.rmtree(self.root, ignore_errors=True)
-            for parent in created[1:]:
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
+            for parent in created[1:]:  # deepest first
+                remove_if_empty(parent)
         else:
-            self.clear()
+            clear_but_lock(self.root)
             (self.root / LOCK_FILE).unlink(missing_ok=True)
 
     def different_run(self, config: TrainConfig) -> str | None:
