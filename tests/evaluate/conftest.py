@@ -7,7 +7,7 @@ import midus
 from midus import Recipe
 from midus.checkpoint import save_model
 from midus.evaluate import MC_TASK, PPL_TASK, TAG, write_heldout_tasks
-from midus.evaluate.harness import task_manager
+from midus.evaluate.harness import LOCAL_TASKS, task_manager
 from midus.load import load_model
 
 TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
@@ -49,9 +49,10 @@ def offline_tasks(heldout_docs, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def manager(offline_tasks):
-    """A task index of the offline tasks alone (lm-eval's own tasks are not indexed)."""
+    """A task index of the offline tasks and our local ones alone (lm-eval's own are not indexed)."""
     manager = task_manager([offline_tasks], tasks=[MC_TASK])
-    assert manager.all_tasks == sorted([MC_TASK, PPL_TASK, TAG])
+    local = [p.stem for p in LOCAL_TASKS.glob("local_*.yaml")] + ["local", "local_paper"]
+    assert manager.all_tasks == sorted([MC_TASK, PPL_TASK, TAG, *local])
     return manager
 
 

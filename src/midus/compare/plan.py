@@ -3,9 +3,9 @@ is valid; and `--dry-run`'s plan: per method the layers, parameters, FLOPs and t
 
 from ..checkpoint import load_config
 from ..errors import MidusError, UsageError, warn
-from .experiment import EMBEDDED_MC_TASK, Experiment, ExperimentError
+from .experiment import EMBEDDED_MC_TASK, Experiment, ExperimentError, GgufBase
 
-PLACEHOLDER_DATA = {"files": ["embedded-cpt-part.jsonl"]}  # the embedded CPT part, before the corpus exists
+PLACEHOLDER_DATA = {"files": ["corpus-cpt-part.jsonl"]}  # the corpus's CPT part, before the corpus exists
 
 
 def base_config(experiment: Experiment):
@@ -13,7 +13,16 @@ def base_config(experiment: Experiment):
         from .embedded import embedded_config
 
         return embedded_config(experiment.base.embedded)
+    if isinstance(experiment.base, GgufBase):
+        from ..gguf_base import gguf_config
+
+        return gguf_config(experiment.base.gguf)
     return load_config(experiment.base)
+
+
+def base_name(experiment: Experiment) -> str:
+    """The base as recipes name it before it exists (the embedded base, a GGUF file not converted yet)."""
+    return "base" if experiment.embedded else experiment.base.gguf if isinstance(experiment.base, GgufBase) else experiment.base
 
 
 def check(experiment: Experiment, config=None) -> dict:
@@ -23,10 +32,10 @@ def check(experiment: Experiment, config=None) -> dict:
     from ..upscale import grow_on_meta
 
     config = config if config is not None else base_config(experiment)
-    data = PLACEHOLDER_DATA if experiment.embedded else None
+    data = PLACEHOLDER_DATA if experiment.has_corpus else None
     planned = {}
     for name in experiment.method_names:
-        recipe = experiment.recipe(name, "base" if experiment.embedded else experiment.base, experiment.seeds[0])
+        recipe = experiment.recipe(name, base_name(experiment), experiment.seeds[0])
         try:
             model = grow_on_meta(recipe, config)
         except (MidusError, UsageError) as error:
@@ -65,7 +74,7 @@ def plan(experiment: Experiment, config=None) -> dict:
     for row in rows:
         row["runs"] += probe_runs.get(row["method"], 0)
         row["cpt_tokens"] = row["runs"] * row["cpt_tokens_per_run"]
-    return {"experiment": experiment.name, "base": "embedded" if experiment.embedded else experiment.base,
+    return {"experiment": experiment.name, "base": "embedded" if experiment.embedded else base_name(experiment),
             "base_layers": config.num_hidden_layers, "seeds": experiment.seeds, "reference": experiment.reference,
             "methods": rows, "cpt_tokens": sum(r["cpt_tokens"] for r in rows),
             "stages": experiment.stage_count}

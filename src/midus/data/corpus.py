@@ -128,7 +128,8 @@ def documents(rows, settings: CorpusSettings) -> list[Document]:
 
 
 def module_fraction(module: str) -> float:
-    """A stable number in [0, 1) for a module name (sha256, independent of PYTHONHASHSEED)."""
+    """A stable number in [0, 1) for a module name or an article's title (sha256, independent of
+    PYTHONHASHSEED)."""
     return int.from_bytes(hashlib.sha256(module.encode()).digest()[:8], "big") / 2**64
 
 
@@ -173,9 +174,9 @@ def read_corpus(folder: Path, settings: CorpusSettings) -> Corpus:
     return Corpus(folder, settings, parts)
 
 
-def content_hash(parts: dict[str, list[Document]]) -> str:
+def content_hash(parts: dict[str, list[Document]], names: tuple[str, ...] = PARTS) -> str:
     digest = hashlib.sha256()
-    for part in PARTS:
+    for part in names:
         for doc in parts[part]:
             digest.update(f"{part}\0{doc.module}\0{doc.name}\0{doc.text}\0".encode())
     return digest.hexdigest()

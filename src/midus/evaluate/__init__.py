@@ -9,7 +9,7 @@ from ..checkpoint import write_files
 from ..errors import UsageError
 from ..load import check_model_name, load_model
 from ..parameters import count_parameters
-from .harness import HEADLINES, PRESETS, TaskResult, load_tasks, resolve_tasks, run_tasks, task_manager
+from .harness import HEADLINES, PRESETS, TaskResult, item_scores, load_tasks, resolve_tasks, run_tasks, task_manager
 from .offline import MC_TASK, PPL_TASK, TAG, heldout_choice_items, write_heldout_tasks
 from .perplexity import KINDS, Perplexity, document_perplexity, perplexities, rolling_perplexity
 from .report import EvalReport, EvalSettings, ModelEval, is_fraction
@@ -17,8 +17,9 @@ from .texts import TextSource, load_documents
 
 
 def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "model", documents: list[str] | None = None,
-                   manager=None) -> ModelEval:
-    """Evaluate an in-memory model: perplexities of `documents` (or of `settings.ppl_data`) and the tasks."""
+                   manager=None, items: bool = False) -> ModelEval:
+    """Evaluate an in-memory model: perplexities of `documents` (or of `settings.ppl_data`) and the tasks;
+    `items`: keep every item's score too (`ModelEval.items`, for paired tests)."""
     if documents is None and settings.ppl_data is not None:
         documents = load_documents(settings.ppl_data)
     result = ModelEval(name=name, parameters=count_parameters(model))
@@ -29,10 +30,12 @@ def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "mod
                                          max_length=settings.ppl_max_length, stride=settings.ppl_stride,
                                          batch_size=settings.batch_size)
     if settings.tasks:
-        result.tasks, _ = run_tasks(model, tokenizer, settings.tasks, include_paths=settings.include_paths,
-                                    limit=settings.limit, batch_size=settings.batch_size,
-                                    num_fewshot=settings.num_fewshot, headline=settings.headline,
-                                    seed=settings.seed, manager=manager)
+        result.tasks, raw = run_tasks(model, tokenizer, settings.tasks, include_paths=settings.include_paths,
+                                      limit=settings.limit, batch_size=settings.batch_size,
+                                      num_fewshot=settings.num_fewshot, headline=settings.headline,
+                                      seed=settings.seed, manager=manager, log_samples=items)
+        if items:
+            result.items = {t.task: item_scores(raw, t) for t in result.tasks}
         accuracies = [t.value for t in result.tasks if is_fraction(t.headline)]
         result.average = sum(accuracies) / len(accuracies) if accuracies else None
     return result

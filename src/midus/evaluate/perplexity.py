@@ -18,7 +18,7 @@ the first text token is scored too. NLL_t = -log p(x_t | x_<t), computed in floa
 import math
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
@@ -36,6 +36,8 @@ class Perplexity(BaseModel):
     documents: int  # documents that contributed
     max_length: int  # window (rolling) or truncation (document) in tokens, BOS included
     stride: int | None  # rolling only
+    per_document: list[float] = Field([], exclude=True, description="document: each scored document's mean NLL, "
+                                                                     "in the input order (paired tests)")
 
 
 def check_length(model, max_length: int | None) -> int:
@@ -124,15 +126,15 @@ def document_perplexity(model, tokenizer, documents: list[str], *, max_length: i
     if not encoded:
         raise UsageError("no document has 2 tokens or more to score")
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
-    mean_nlls, tokens = [], 0
+    mean_nlls, tokens = [0.0] * len(encoded), 0
     for start in tqdm(range(0, len(order), batch_size), desc="document perplexity", unit="batch", disable=not progress):
-        batch = [encoded[i] for i in order[start: start + batch_size]]
-        for nll in token_nll(model, batch, _pad_id(tokenizer)):
-            mean_nlls.append(nll.double().mean().item())
+        indices = order[start: start + batch_size]
+        for i, nll in zip(indices, token_nll(model, [encoded[i] for i in indices], _pad_id(tokenizer))):
+            mean_nlls[i] = nll.double().mean().item()
             tokens += nll.numel()
     value = sum(math.exp(m) for m in mean_nlls) / len(mean_nlls)
     return Perplexity(kind="document", value=value, mean_nll=sum(mean_nlls) / len(mean_nlls), tokens=tokens,
-                      documents=len(mean_nlls), max_length=max_length, stride=None)
+                      documents=len(mean_nlls), max_length=max_length, stride=None, per_document=mean_nlls)
 
 
 def perplexities(model, tokenizer, documents: list[str], kinds=KINDS, **options) -> dict[str, Perplexity]:

@@ -50,6 +50,8 @@ class ModelEval(BaseModel):
     perplexity: dict[str, Perplexity] = Field(default_factory=dict)
     tasks: list[TaskResult] = Field(default_factory=list)
     average: float | None = None
+    items: dict[str, list[float]] = Field(default_factory=dict, exclude=True,
+                                          description="per task, every item's headline metric (with `items=True`)")
 
 
 class EvalReport(BaseModel):
