@@ -4,7 +4,6 @@ import importlib.util
 import shutil
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -93,8 +92,3 @@ def test_report_to_needs_its_package(tiny_base, corpus, tmp_path):
     with pytest.raises(UsageError, match=r"report_to: tensorboard is not installed \(pip install tensorboard\)"):
         train(config)
 
-
-@pytest.mark.skipif(torch.accelerator.is_available(), reason="this machine has an accelerator to shard over")
-def test_fsdp_without_gpus_is_refused(tiny_base, corpus, tmp_path):
-    with pytest.raises(UsageError, match=r"fsdp: true shards over GPUs and this machine has none"):
-        train(tiny_config(tiny_base, tmp_path / "run", {"files": [str(corpus)]}, fsdp=True))
