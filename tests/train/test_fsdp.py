@@ -22,7 +22,7 @@ from midus.train import train
 from midus.train.rundir import RunFolder
 from midus.upscale import upscale_to_folder
 
-from model_helpers import TINY_MEMORY, write_family_base
+from model_helpers import TINY_MEMORY, TINY_PKM, write_family_base
 from test_preemption import wait_for_step, worker_pids
 from test_resume import logged
 from train_helpers import tiny_config, write_config
@@ -43,15 +43,24 @@ def tiny_shared_bank(tiny_base, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cases(reference_run, tiny_shared_bank, tiny_grown_llama, corpus, tmp_path_factory):
+def tiny_pkm(tiny_base, tmp_path_factory):
+    """The tiny base grown by 2 product-key-memory blocks."""
+    recipe = Recipe.parse({"base": str(tiny_base), "method": "pkm", "new_blocks": 2, "dtype": "float32", "memory": TINY_PKM})
+    return upscale_to_folder(recipe, tmp_path_factory.mktemp("fsdp-pkm") / "pkm")
+
+
+@pytest.fixture(scope="module")
+def cases(reference_run, tiny_shared_bank, tiny_pkm, tiny_grown_llama, corpus, tmp_path_factory):
     """{case: (config without FSDP, its final model on one process, the same config with FSDP)}, the
     FSDP runs trained by one 2-process launch: MIDUS (the session's reference run); MIDUS with a
-    shared bank, tied embeddings and gradient checkpointing; LLaMA Pro training only its new blocks."""
+    shared bank, tied embeddings and gradient checkpointing; pkm blocks; LLaMA Pro training only its
+    new blocks."""
     root = tmp_path_factory.mktemp("fsdp")
     data = {"files": [str(corpus)], "cache_dir": str(root / "cache")}
     plain = {
         "midus": reference_run[0],
         "shared-bank": tiny_config(tiny_shared_bank, root / "shared-bank" / "run", data, max_steps=4, gradient_checkpointing=True),
+        "pkm": tiny_config(tiny_pkm, root / "pkm" / "run", data, max_steps=4),
         "new-blocks": tiny_config(tiny_grown_llama, root / "new-blocks" / "run", data, max_steps=4, trainable="new-blocks"),
     }
     sharded = {case: config.model_copy(update={"fsdp": True, "output_dir": str(root / case / "fsdp")})
@@ -60,11 +69,11 @@ def cases(reference_run, tiny_shared_bank, tiny_grown_llama, corpus, tmp_path_fa
     (root / "train_each.py").write_text(TRAIN_EACH)
     result = subprocess.run([*TORCHRUN, str(root / "train_each.py"), *map(str, paths)], capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
-    finals = {"midus": reference_run[1], **{case: train(plain[case]) for case in ("shared-bank", "new-blocks")}}
+    finals = {"midus": reference_run[1], **{case: train(plain[case]) for case in ("shared-bank", "pkm", "new-blocks")}}
     return {case: (plain[case], finals[case], sharded[case]) for case in plain}
 
 
-@pytest.mark.parametrize("case", ["midus", "shared-bank", "new-blocks"])
+@pytest.mark.parametrize("case", ["midus", "shared-bank", "pkm", "new-blocks"])
 def test_two_fsdp_processes_log_the_losses_and_write_the_model_of_one_plain_process(cases, case):
     """Tolerances: 1e-4 on every logged loss, 1e-5 on every weight (float32 sums in another order)."""
     config, final, fsdp = cases[case]
