@@ -92,3 +92,10 @@ def test_report_to_needs_its_package(tiny_base, corpus, tmp_path):
     with pytest.raises(UsageError, match=r"report_to: tensorboard is not installed \(pip install tensorboard\)"):
         train(config)
 
+
+
+def test_fsdp_on_one_process_is_refused(tiny_base, corpus, tmp_path):
+    with pytest.raises(UsageError, match=r"^fsdp: true shards over several processes and this is one; start it under "
+                                         r"torchrun --nproc_per_node N \(N >= 2\), or drop fsdp$"):
+        train(tiny_config(tiny_base, tmp_path / "run", {"files": [str(corpus)]}, fsdp=True))
+    assert not (tmp_path / "run").exists()

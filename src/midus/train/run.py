@@ -137,6 +137,9 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
     for name in config.report_to:
         if importlib.util.find_spec(name) is None:
             raise UsageError(f"report_to: {name} is not installed (pip install {name})")
+    if config.fsdp and processes < 2:
+        raise UsageError("fsdp: true shards over several processes and this is one; start it under torchrun "
+                         "--nproc_per_node N (N >= 2), or drop fsdp")
     if "tensorboard" in config.report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.root / "tensorboard")  # not in the staging folder
     evaluate = config.data.eval_sequences > 0

@@ -57,12 +57,13 @@ class MidusTrainer(Trainer):
         if self.args.fsdp_plugin_args is None:
             return
         state = self.accelerator.state
-        if not self.is_fsdp_enabled:
+        if state.distributed_type == DistributedType.MULTI_CPU:
             state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
             # recorded in both states, as AcceleratorState does where it switches FSDP on itself
             state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
             self.is_fsdp_enabled = True
-        if state.fsdp_plugin.transformer_cls_names_to_wrap is None:  # _no_split_modules names absent blocks too
+        if self.is_fsdp_enabled and state.fsdp_plugin.transformer_cls_names_to_wrap is None:
+            # the blocks this model has (_no_split_modules also names the block classes of other families)
             present = {type(module).__name__ for module in self.model.modules()}
             state.fsdp_plugin.transformer_cls_names_to_wrap = [name for name in self.model._no_split_modules if name in present]
 
