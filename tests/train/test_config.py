@@ -4,7 +4,6 @@ import importlib.util
 import shutil
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -94,7 +93,9 @@ def test_report_to_needs_its_package(tiny_base, corpus, tmp_path):
         train(config)
 
 
-@pytest.mark.skipif(torch.accelerator.is_available(), reason="this machine has an accelerator to shard over")
-def test_fsdp_without_gpus_is_refused(tiny_base, corpus, tmp_path):
-    with pytest.raises(UsageError, match=r"fsdp: true shards over GPUs and this machine has none"):
+
+def test_fsdp_on_one_process_is_refused(tiny_base, corpus, tmp_path):
+    with pytest.raises(UsageError, match=r"^fsdp: true shards over several processes and this is one; start it under "
+                                         r"torchrun --nproc_per_node N \(N >= 2\), or drop fsdp$"):
         train(tiny_config(tiny_base, tmp_path / "run", {"files": [str(corpus)]}, fsdp=True))
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, TrainingArguments
+from accelerate.utils import load_fsdp_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback, TrainerState
 
@@ -65,7 +66,7 @@ def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, token
     resume = decided_by_main(args, run.resume_checkpoint)
     resume_step = checkpoint_step(resume) if resume else 0
     finished = resume_step >= config.total_steps  # killed after the last checkpoint: only the model is left to write
-    model = load_model(str(resume) if finished else config.model)
+    model = load_model(str(resume) if finished and not config.fsdp else config.model)
     if config.gradient_checkpointing:
         model.config.use_cache = False
     select_trainable(model, config.trainable)
@@ -85,6 +86,8 @@ def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, token
         trainer.remove_callback(ProgressCallback)
         if finished:
             trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME))
+            if config.fsdp:
+                restore_sharded_model(trainer, resume)
         else:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if trainer.preemption.stopped_by:
@@ -103,6 +106,14 @@ def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, token
             except OSError as error:  # never hides the error that ended the run
                 warn(f"cannot write {run.plot}: {error.strerror or error}")
     return run.model
+
+
+def restore_sharded_model(trainer: MidusTrainer, checkpoint: Path) -> None:
+    """The weights of an FSDP checkpoint (sharded, not a model folder), restored as the Trainer
+    restores them on resume: the model sharded first (with its optimizer, as accelerate wants),
+    then each process reads its shards through torch.distributed.checkpoint."""
+    trainer.model_wrapped, _ = trainer.accelerator.prepare(trainer.model, trainer.create_optimizer())
+    load_fsdp_model(trainer.accelerator.state.fsdp_plugin, trainer.accelerator, trainer.model, str(checkpoint))
 
 
 def decided_by_main(args: TrainingArguments, decide):
@@ -126,8 +137,9 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
     for name in config.report_to:
         if importlib.util.find_spec(name) is None:
             raise UsageError(f"report_to: {name} is not installed (pip install {name})")
-    if config.fsdp and not torch.accelerator.is_available():
-        raise UsageError("fsdp: true shards over GPUs and this machine has none; on CPU, run without fsdp (DDP)")
+    if config.fsdp and processes < 2:
+        raise UsageError("fsdp: true shards over several processes and this is one; start it under torchrun "
+                         "--nproc_per_node N (N >= 2), or drop fsdp")
     if "tensorboard" in config.report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.root / "tensorboard")  # not in the staging folder
     evaluate = config.data.eval_sequences > 0
@@ -139,7 +151,7 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
         gradient_accumulation_steps=config.gradient_accumulation(processes),
         learning_rate=config.lr, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         bf16=config.precision == "bf16",
-        **{CHECKPOINTING_ARGUMENT: config.gradient_checkpointing and not config.fsdp},
+        **{CHECKPOINTING_ARGUMENT: config.gradient_checkpointing},
         seed=config.seed, full_determinism=config.deterministic,
         logging_steps=config.log_interval, logging_nan_inf_filter=False,
         eval_strategy="steps" if evaluate and config.eval_interval else "no",
@@ -159,10 +171,13 @@ def training_arguments(config: TrainConfig, run: RunFolder, processes: int) -> T
 
 
 def fsdp_options(config: TrainConfig) -> dict | None:
-    """FSDP2 settings; with FSDP, activation checkpointing is FSDP's own (no redundant all-gather)."""
+    """FSDP2 settings: checkpoints in torch.distributed.checkpoint's sharded format (every process
+    writes its own shard, nothing is gathered). Activation checkpointing stays the model's own, inside
+    each FSDP unit (its parameters are gathered for the backward anyway): FSDP's would wrap every
+    block in a CheckpointWrapper, hiding the memory blocks the shared bank is passed to."""
     if not config.fsdp:
         return None
-    return {"version": 2, "activation_checkpointing": config.gradient_checkpointing, **config.fsdp_config}
+    return {"version": 2, "state_dict_type": "SHARDED_STATE_DICT", **config.fsdp_config}
 
 
 def check_model(config: TrainConfig, model_config) -> None:
@@ -203,26 +218,24 @@ def evaluated_at(state, run: RunFolder) -> bool:
 def write_final_model(trainer: MidusTrainer, tokenizer, source: str, out: Path, dtype: torch.dtype) -> None:
     """The trained model in the input's format (MIDUS with its remote code, or plain Llama), the
     tokenizer, and the input's recipe; written to a temporary sibling and renamed at the end."""
-    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_fsdp_enabled:  # every process takes part in gathering the full weights
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        model = unsharded(model, state_dict) if trainer.args.should_save else None
     if not trainer.args.should_save:
         return
-    model = trainer.accelerator.unwrap_model(trainer.model)
     with atomic_dir(out) as folder:
-        if state_dict is None:
-            save_model(model.to(dtype), tokenizer, folder)
-        else:  # FSDP: the full weights were gathered on this process; the sharded module cannot be cast
-            save_model_state(model, {k: v.to(dtype) for k, v in state_dict.items()}, tokenizer, folder)
+        save_model(model.to(dtype), tokenizer, folder)
         recipe = Path(source) / RECIPE_FILE
         if recipe.is_file():
             shutil.copy(recipe, folder / RECIPE_FILE)
 
 
-def save_model_state(model, state_dict: dict, tokenizer, folder: Path) -> None:
-    """`checkpoint.save_model` for a model whose weights are given as a full state dict."""
-    original = model.state_dict
-
-    model.state_dict = lambda *args, **kwargs: state_dict
-    try:
-        save_model(model, tokenizer, folder)
-    finally:
-        model.state_dict = original
+def unsharded(model, state_dict: dict):
+    """A plain copy of an FSDP-sharded model holding its gathered full weights (saving the sharded
+    module itself would ship FSDP's classes as the model's code)."""
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config)
+    plain.load_state_dict(state_dict, assign=True)
+    plain.tie_weights()
+    return plain

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
@@ -43,6 +45,27 @@ class MidusTrainer(Trainer):
         self.add_callback(TrainingClock(self, resume))
         self.preemption = PreemptionCallback(self, preemption)
         self.add_callback(self.preemption)
+
+    # --- FSDP2: accelerate's plugin, also on the CPU ---------------------------------------------------
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """FSDP2 through accelerate's plugin, each block of the model (decoder, memory, pkm) a unit.
+        accelerate switches the plugin on only for accelerator devices; on the CPU (gloo) it is
+        switched on here, so that the same FSDP2 path (accelerate's fully_shard per block, its
+        distributed checkpoints) runs there as on GPUs."""
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is None:
+            return
+        state = self.accelerator.state
+        if state.distributed_type == DistributedType.MULTI_CPU:
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            # recorded in both states, as AcceleratorState does where it switches FSDP on itself
+            state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+        if self.is_fsdp_enabled and state.fsdp_plugin.transformer_cls_names_to_wrap is None:
+            # the blocks this model has (_no_split_modules also names the block classes of other families)
+            present = {type(module).__name__ for module in self.model.modules()}
+            state.fsdp_plugin.transformer_cls_names_to_wrap = [name for name in self.model._no_split_modules if name in present]
 
     # --- the optimiser rule --------------------------------------------------------------------------
 
