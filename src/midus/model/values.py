@@ -19,9 +19,42 @@ def embedding_bag_supported(device_type: str, dtype: torch.dtype) -> bool:
 
 def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_t weights[..., t] * bank[slots[..., t]]: [M, k] slots and weights -> [M, dim]."""
-    if embedding_bag_supported(bank.device.type, bank.dtype):
-        return F.embedding_bag(slots.int(), bank, per_sample_weights=weights.to(bank.dtype), mode="sum")
-    return gather_pool(bank, slots, weights)
+    weights = weights.to(bank.dtype)
+    if not embedding_bag_supported(bank.device.type, bank.dtype):
+        return gather_pool(bank, slots, weights)
+    if bank.device.type == "cpu" and torch.is_grad_enabled() and (bank.requires_grad or weights.requires_grad):
+        return SparseBackwardPool.apply(bank, slots, weights)
+    return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
+
+
+class SparseBackwardPool(torch.autograd.Function):
+    """embedding_bag forward; the bank's gradient as one sparse [n_slots, M] @ [M, dim] product.
+
+    On the CPU, embedding_bag's own dense backward sorts the slot ids and reduces segment by segment,
+    several times slower than the sparse product (benchmarks/memory_cost.py). The weights' gradient is
+    embedding_bag's own (a recomputed forward with the bank detached, which costs a few percent)."""
+
+    @staticmethod
+    def forward(ctx, bank, slots, weights):
+        ctx.save_for_backward(bank, slots, weights)
+        return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        bank, slots, weights = ctx.saved_tensors
+        grad_bank = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            bags = torch.arange(slots.shape[0], device=slots.device).repeat_interleave(slots.shape[1])
+            transposed = torch.sparse_coo_tensor(torch.stack([slots.flatten(), bags]), weights.flatten(),
+                                                 (bank.shape[0], slots.shape[0]), check_invariants=False)
+            grad_bank = torch.sparse.mm(transposed, grad)
+        if ctx.needs_input_grad[2]:
+            with torch.enable_grad():
+                leaf = weights.detach().requires_grad_()
+                out = F.embedding_bag(slots, bank.detach(), per_sample_weights=leaf, mode="sum")
+                (grad_weights,) = torch.autograd.grad(out, leaf, grad)
+        return grad_bank, None, grad_weights
 
 
 def gather_pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
