@@ -190,15 +190,17 @@ def bench(
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
     seed: int = typer.Option(0, "--seed"),
     base: str = typer.Option(None, "--base", help="recipes only: grow them on this base instead (e.g. a folder with just its config.json)"),
-    in_process: bool = typer.Option(False, "--in-process", help="measure every model in this process (faster; no CPU memory figures)"),
+    isolate: bool = typer.Option(False, "--isolate", help="measure each model in a fresh process, one after another "
+                                                          "(CPU memory figures) instead of taking turns in this one"),
 ):
-    """Parameters, peak memory, training step time, prefill and decode latency, models side by side."""
+    """Parameters, peak memory, training step time, prefill and decode latency, models side by side, taking
+    turns in rounds; the added cost per block of every model whose base is among MODELS."""
     from .bench import BenchSettings, bench as run_bench, write_bench
 
     settings = BenchSettings(device=device, dtype=dtype, batch_size=batch_size, train_seq_len=seq_len,
                              prefill_len=prefill_len, decode_tokens=decode_tokens, warmup=warmup, repeats=repeats,
                              threads=threads, seed=seed, base=base)
-    report = run_bench(models, settings, reference=reference, isolate=not in_process)
+    report = run_bench(models, settings, reference=reference, isolate=isolate)
     if out is not None:
         for path in write_bench(report, out):
             typer.echo(f"wrote {path}", err=True)

@@ -1,3 +1,4 @@
+import importlib
 import json
 import shutil
 
@@ -6,7 +7,7 @@ import yaml
 from transformers import AutoConfig
 from typer.testing import CliRunner
 
-from midus.bench import RATIO_METRICS, BenchReport, BenchSettings, bench
+from midus.bench import RATIO_METRICS, TIMING_METRICS, BenchReport, BenchSettings, bench
 from midus.bench.report import figure
 from midus.cli import app
 from midus.load import load_model
@@ -16,9 +17,9 @@ from cli_helpers import assert_one_line_error
 TINY = BenchSettings(batch_size=1, train_seq_len=32, prefill_len=16, decode_tokens=4, warmup=1, repeats=3, threads=1)
 MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
 MODEL_KEYS = {  # the documented schema (bench/report.py)
-    "name", "source", "weights", "model_type", "layers", "params_total", "params_added", "train_peak_mb",
+    "name", "source", "weights", "model_type", "layers", "grown_from", "params_total", "params_added", "train_peak_mb",
     "inference_peak_mb", "train_step_s", "prefill_s", "decode_s_per_token", "train_tokens_per_s",
-    "prefill_tokens_per_s", "decode_tokens_per_s", "ratios",
+    "prefill_tokens_per_s", "decode_tokens_per_s", "ratios", "base", "added_per_block", "added_ratios",
 }
 STAT_KEYS = {"median", "q1", "q3", "min", "max", "samples"}
 
@@ -51,7 +52,8 @@ def report(tiny_base, recipes):
 def test_bench_json_follows_its_schema(report):
     data = json.loads(report.to_json())
     assert set(data) == {"schema", "settings", "environment", "reference", "models"}
-    assert data["schema"] == "midus.bench/1"
+    assert data["schema"] == "midus.bench/2"
+    assert data["environment"]["interleaved"] is True
     assert data["settings"] == TINY.model_dump()
     for model in data["models"]:
         assert set(model) == MODEL_KEYS
@@ -98,8 +100,53 @@ def test_a_recipe_whose_base_has_no_weights_is_benched_with_random_weights_at_re
     assert (random.params_total, random.params_added, random.layers) == (loaded.params_total, loaded.params_added, loaded.layers)
 
 
-def test_bench_cli_measures_each_model_in_its_own_process(tiny_base, recipes, tmp_path):
-    args = ["bench", str(tiny_base), recipes["midus"], "--json", "--out", str(tmp_path), "--threads", "1",
+def test_added_cost_per_block_pairs_each_run_with_the_bases_run(report, tiny_base, recipes):
+    by_name = {m.name: m for m in report.models}
+    base, pro = by_name[str(tiny_base)], by_name[recipes["llama-pro"]]
+    assert base.base is None and base.added_per_block is None and base.added_ratios == {}
+    # grown on a config-only folder that was not benched: no base to subtract
+    assert by_name[recipes["midus-random"]].base is None and by_name[recipes["midus-random"]].added_per_block is None
+    for name in (recipes["midus"], recipes["llama-pro"]):
+        grown = by_name[name]
+        assert grown.grown_from == str(tiny_base) and grown.base == str(tiny_base)
+        added = grown.added_per_block
+        assert added.blocks == 2 == grown.layers - base.layers
+        for metric in TIMING_METRICS:
+            expected = [(x - y) / 2 for x, y in zip(getattr(grown, metric).samples, getattr(base, metric).samples)]
+            assert getattr(added, metric).samples == pytest.approx(expected, rel=1e-12)
+            assert grown.added_ratios[metric] == pytest.approx(
+                getattr(added, metric).median / getattr(pro.added_per_block, metric).median, rel=1e-12)
+    assert "Added cost per block" in report.to_markdown()
+
+
+def test_models_take_turns_in_rounds_whose_order_rotates(monkeypatch, tiny_base, recipes):
+    measure_module = importlib.import_module("midus.bench.measure")  # the package exports a function `measure`
+    calls = []
+
+    def recording(phase):
+        def run(self):
+            calls.append((phase, self.name))
+            return (0.5, 0.25) if phase == "inference" else 1.0
+        return run
+
+    monkeypatch.setattr(measure_module.Subject, "inference", recording("inference"))
+    monkeypatch.setattr(measure_module.Subject, "train_step", recording("train"))
+    names = [str(tiny_base), recipes["midus"], recipes["llama-pro"]]
+    settings = TINY.model_copy(update={"warmup": 2, "repeats": 4})
+    measured = measure_module.measure_interleaved(names, settings)
+    a, b, c = names
+    rounds = [[a, b, c], [b, c, a], [c, a, b], [a, b, c]]
+    for phase in ("inference", "train"):
+        expected = [(phase, n) for n in names for _ in range(2)] + [(phase, n) for order in rounds for n in order]
+        assert calls[:len(expected)] == expected
+        del calls[:len(expected)]
+    assert calls == []
+    assert [m.name for m in measured] == names
+    assert all(m.train_step_s.samples == [1.0] * 4 and m.decode_s_per_token.samples == [0.25] * 4 for m in measured)
+
+
+def test_bench_cli_isolate_measures_each_model_in_its_own_process(tiny_base, recipes, tmp_path):
+    args = ["bench", str(tiny_base), recipes["midus"], "--isolate", "--json", "--out", str(tmp_path), "--threads", "1",
             "--seq-len", "32", "--prefill-len", "16", "--decode-tokens", "4", "--repeats", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -108,7 +155,8 @@ def test_bench_cli_measures_each_model_in_its_own_process(tiny_base, recipes, tm
     for model in data["models"]:
         assert model["train_peak_mb"] > 0 and model["inference_peak_mb"] > 0
         assert model["ratios"]["train_peak_mb"] == pytest.approx(model["train_peak_mb"] / data["models"][0]["train_peak_mb"])
-    assert "fresh process" in data["environment"]["memory_method"]
+    assert "fresh process" in data["environment"]["memory_method"] and data["environment"]["interleaved"] is False
+    assert data["models"][1]["added_per_block"]["blocks"] == 2
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "bench.json").read_text()) == data
     assert "| model |" in (tmp_path / "bench.md").read_text()
@@ -127,6 +175,8 @@ def test_bad_inputs_are_one_line_errors(tiny_base, tmp_path):
     broken.mkdir()
     shutil.copy(tiny_base / "config.json", broken / "config.json")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    # this error comes back from the measuring process
     assert_one_line_error(runner.invoke(app, ["bench", str(broken)]), "cannot load its weights",
+                          code=1, other_lines=True)
+    # the same error comes back from the measuring process
+    assert_one_line_error(runner.invoke(app, ["bench", str(broken), "--isolate"]), "cannot load its weights",
                           code=1, other_lines=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from midus.model.retrieval import candidate_pairs, product_key_topk
+from midus.model.retrieval import DECODE_MAX_TOKENS, candidate_pairs, product_key_topk
 
 
 def exhaustive_topk(query, keys, topk):
@@ -31,7 +31,40 @@ def test_retrieval_equals_exhaustive_topk(n, k, head_dim):
 
 
 def test_candidate_pairs_are_the_pruned_set():
-    rows, cols = candidate_pairs(32, torch.device("cpu"))
-    pairs = set(zip(rows.tolist(), cols.tolist()))
+    positions = candidate_pairs(32, torch.device("cpu"))
+    pairs = {(a, b - 32) for a, b in positions.tolist()}
     assert pairs == {(a, b) for a in range(32) for b in range(32) if (a + 1) * (b + 1) <= 32}
     assert len(pairs) < 32 * 32 // 7  # ~k ln k candidates instead of k^2
+
+
+@pytest.mark.parametrize("n_tokens", [DECODE_MAX_TOKENS + 1, 40])
+def test_training_and_inference_retrieval_agree_exactly_and_gradients_match_the_exhaustive_ones(n_tokens):
+    """Inference takes the scores from the selection itself, training re-gathers them from the
+    score grid (for the gradient): the same sums, bit for bit."""
+    torch.manual_seed(n_tokens)
+    query = torch.randn(n_tokens, 3, 16, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(3, 2, 16, 8, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        scores_inference, slots_inference = product_key_topk(query, keys, 8)
+    scores, slots = product_key_topk(query, keys, 8)
+    assert torch.equal(slots, slots_inference) and torch.equal(scores, scores_inference)
+    weights = torch.arange(8, dtype=torch.float64)
+    order = scores.argsort(dim=-1, descending=True)
+    ours = torch.autograd.grad((scores.gather(-1, order) * weights).sum(), (query, keys))
+    reference = torch.autograd.grad((exhaustive_topk(query, keys, 8).values * weights).sum(), (query, keys))
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5, DECODE_MAX_TOKENS])
+def test_decode_path_equals_the_general_path(n_tokens):
+    """Few tokens without gradients take the k x k grid (decode_topk): same slots, same scores."""
+    torch.manual_seed(100 + n_tokens)
+    query = torch.randn(n_tokens, 4, 32)
+    keys = torch.randn(4, 2, 64, 16)
+    with torch.no_grad():
+        decode = product_key_topk(query, keys, 32)
+    general = product_key_topk(query.requires_grad_(), keys, 32)  # a gradient is wanted: the pruned pairs
+    decode_order, general_order = decode[1].argsort(dim=-1), general[1].argsort(dim=-1)
+    assert torch.equal(decode[1].gather(-1, decode_order), general[1].gather(-1, general_order))
+    assert torch.equal(decode[0].gather(-1, decode_order), general[0].detach().gather(-1, general_order))

@@ -1,7 +1,7 @@
 """`midus bench MODEL...`: parameters, peak memory, training step time, prefill and decode latency of
-folders, recipes or hub ids, side by side, with ratios to a reference measured in the same run."""
+folders, recipes or hub ids, side by side, with ratios to a reference measured in the same run, and the
+added cost per block of every model whose base is benched too."""
 
-import functools
 import json
 import os
 import platform
@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 from ..checkpoint import write_files
 from ..errors import MidusError, UsageError
 from ..load import check_model_name
-from .measure import BenchSettings, Measurement, MemoryProbe, check_lengths, measure
-from .report import RATIO_METRICS, SCHEMA, BenchReport, ModelBench, build_report
+from .measure import BenchSettings, Measurement, MemoryProbe, check_lengths, measure, measure_interleaved
+from .report import RATIO_METRICS, SCHEMA, TIMING_METRICS, AddedCost, BenchReport, ModelBench, build_report
 
 
 def run_isolated(name: str, settings: BenchSettings) -> Measurement:
@@ -41,18 +41,21 @@ def environment(settings: BenchSettings, isolate: bool) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else \
         f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
     memory = MemoryProbe.method(settings.device)
-    if not isolate and device.type == "cpu":
-        memory = "not measured (on the CPU it needs one fresh process per model)"
+    if not isolate:
+        memory = ("torch.cuda.max_memory_allocated over each run above what was allocated before it, plus the "
+                  "model's weights and optimizer state" if device.type == "cuda" else
+                  "not measured (on the CPU it needs one fresh process per model: --isolate)")
     return {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "python": platform.python_version(), "device_name": name,
-            "threads": settings.threads or torch.get_num_threads(),
+            "threads": settings.threads or torch.get_num_threads(), "interleaved": not isolate,
             "memory_method": memory, "timer": "CUDA events" if device.type == "cuda" else "time.perf_counter"}
 
 
 def bench(names: list[str], settings: BenchSettings | None = None, *, reference: str | None = None,
-          isolate: bool = True) -> BenchReport:
-    """Measure every model (each in its own process when `isolate`) and build the side-by-side report;
-    `reference` (default: the first model) must be one of `names`."""
+          isolate: bool = False) -> BenchReport:
+    """Measure every model and build the side-by-side report; `reference` (default: the first model)
+    must be one of `names`. By default the models take turns in this process, in rounds (all are held
+    in memory at once); `isolate` measures each in a fresh process instead (CPU memory figures)."""
     settings = settings or BenchSettings()
     if not names:
         raise UsageError("no models given")
@@ -64,10 +67,12 @@ def bench(names: list[str], settings: BenchSettings | None = None, *, reference:
                          f"so that it is measured in the same run")
     for name in names:
         check_lengths(check_model_name(name, settings.base), settings, name)
-    in_process = functools.partial(measure, memory=torch.device(settings.device).type == "cuda")
-    run = run_isolated if isolate else in_process
-    with tqdm(names, desc="bench", unit="model") as bar:
-        measurements = [run(name, settings) for name in bar]
+    if isolate:
+        with tqdm(names, desc="bench", unit="model") as bar:
+            measurements = [run_isolated(name, settings) for name in bar]
+    else:
+        with tqdm(total=2 * settings.repeats, desc="bench", unit="round") as bar:
+            measurements = measure_interleaved(names, settings, progress=bar.update)
     return build_report(measurements, reference, settings, environment(settings, isolate))
 
 
@@ -78,5 +83,5 @@ def write_bench(report: BenchReport, out_dir: str | Path) -> list[Path]:
                                  "bench.png": report.plot})
 
 
-__all__ = ["BenchReport", "BenchSettings", "Measurement", "ModelBench", "RATIO_METRICS", "SCHEMA", "bench",
-           "measure", "write_bench"]
+__all__ = ["AddedCost", "BenchReport", "BenchSettings", "Measurement", "ModelBench", "RATIO_METRICS", "SCHEMA",
+           "TIMING_METRICS", "bench", "measure", "measure_interleaved", "write_bench"]

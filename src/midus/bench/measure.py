@@ -1,15 +1,17 @@
 """Measuring one model: parameters, peak memory, training step time, prefill and decode latency.
 
-Timing: `warmup` untimed runs, then `repeats` timed runs; each figure is reported as its median with
-the quartiles and min/max of the runs. CPU: `time.perf_counter`; CUDA: CUDA events, synchronised.
+Timing: `warmup` untimed runs, then `repeats` timed runs (rounds); each figure is reported as its
+median with the quartiles and min/max of the runs. CPU: `time.perf_counter`; CUDA: CUDA events, synchronised.
 
 Peak memory, always including the weights:
 - CUDA: `torch.cuda.max_memory_allocated` over the phase (reset before it).
 - CPU: the peak resident set size of the process over the phase (`VmHWM`, reset before the phase via
   `/proc/self/clear_refs` after returning freed heap to the OS with `malloc_trim`), minus the resident
   size before the model was built. It counts every byte the process touched (allocator slack, the
-  page-cache-backed weights of a memory-mapped checkpoint), so each model is measured in its own
-  fresh process (`bench.run_isolated`), inference first, then training.
+  page-cache-backed weights of a memory-mapped checkpoint), so it is only measured with one fresh
+  process per model (`bench --isolate`: `measure`), inference first, then training.
+
+By default (`measure_interleaved`) all models are loaded in one process and take turns, in rounds.
 
 Phases: inference = prefill of `prefill_len` tokens with the KV cache, then `decode_tokens` greedy
 steps of one token each; training = forward + backward + AdamW step on `train_seq_len` tokens.
@@ -40,7 +42,8 @@ class BenchSettings(BaseModel):
     prefill_len: int = Field(256, ge=1, description="prompt tokens of the prefill")
     decode_tokens: int = Field(32, ge=1, description="tokens generated one by one with the KV cache")
     warmup: int = Field(1, ge=0, description="untimed runs before timing")
-    repeats: int = Field(5, ge=1, description="timed runs; figures are medians over them")
+    repeats: int = Field(5, ge=1, description="timed runs per model (rounds, when models take turns); "
+                                                   "figures are medians over them")
     seed: int = Field(0, description="random weights (where a model has none) and random input tokens")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     base: str | None = Field(None, description="recipes only: grow them on this base instead (e.g. a folder "
@@ -71,6 +74,7 @@ class Measurement(BaseModel):
     weights: str = Field(description="loaded | random (real shapes, seeded init)")
     model_type: str
     layers: int
+    grown_from: str | None = Field(description="the base it was grown from (its recipe's `base`), when known")
     params_total: int
     params_added: int | None = Field(description="total minus the base's, when the base is known; else the "
                                                  "parameters of the blocks marked new in layer_map; else null")
@@ -88,9 +92,9 @@ class Measurement(BaseModel):
 class MemoryProbe:
     """Peak memory of a phase, weights included (see the module docstring for the method)."""
 
-    def __init__(self, device: torch.device, enabled: bool = True):
+    def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.available = enabled and (self.cuda or Path("/proc/self/clear_refs").exists())
+        self.available = self.cuda or Path("/proc/self/clear_refs").exists()
         self.baseline = 0 if self.cuda else _rss_kib()
 
     @staticmethod
@@ -152,12 +156,6 @@ def timed(run, device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
-def repeat(run, settings: BenchSettings, device: torch.device) -> list[float]:
-    for _ in range(settings.warmup):
-        run()
-    return [timed(run, device) for _ in range(settings.repeats)]
-
-
 # ---------------------------------------------------------------------------------------- phases
 def check_lengths(positions: int, settings: BenchSettings, name: str) -> None:
     needed = {"train_seq_len": settings.train_seq_len,
@@ -168,48 +166,76 @@ def check_lengths(positions: int, settings: BenchSettings, name: str) -> None:
                              "(max_position_embeddings)")
 
 
-def inference_runs(model, ids: torch.Tensor, settings: BenchSettings, device) -> tuple[list[float], list[float]]:
-    """Prefill seconds and decode seconds per token, one of each per timed run."""
-    prefill, decode = [], []
+class Subject:
+    """One loaded model with its inputs: one inference run (prefill, then decode) or one training step
+    (forward, backward, AdamW step, zero_grad) at a time, so that models can take turns."""
 
-    def generate(record: bool):
-        cache = {}
+    def __init__(self, name: str, settings: BenchSettings, device: torch.device):
+        self.name, self.settings, self.device = name, settings, device
+        self.loaded = load_model(name, dtype=settings.dtype, device=settings.device, allow_random=True,
+                                 seed=settings.seed, base=settings.base)
+        self.model = self.loaded.model
+        check_lengths(max_positions(self.model), settings, name)
+        generator = torch.Generator().manual_seed(settings.seed)
+        vocab, batch = self.model.config.vocab_size, settings.batch_size
+        self.prompt = torch.randint(vocab, (batch, settings.prefill_len), generator=generator).to(device)
+        self.train_ids = torch.randint(vocab, (batch, settings.train_seq_len), generator=generator).to(device)
+        self.optimizer = None
 
-        def do_prefill():
-            cache["out"] = model(input_ids=ids, use_cache=True)
+    def inference(self) -> tuple[float, float]:
+        """Seconds of the prefill and seconds per decoded token, greedy, with the KV cache."""
+        state = {}
 
-        def do_decode():
-            out = cache["out"]
-            for _ in range(settings.decode_tokens):
+        def prefill():
+            state["out"] = self.model(input_ids=self.prompt, use_cache=True)
+
+        def decode():
+            out = state["out"]
+            for _ in range(self.settings.decode_tokens):
                 token = out.logits[:, -1:].argmax(-1)
-                out = model(input_ids=token, use_cache=True, **{CACHE_ARG: getattr(out, OUTPUT_CACHE)})
+                out = self.model(input_ids=token, use_cache=True, **{CACHE_ARG: getattr(out, OUTPUT_CACHE)})
 
-        seconds = timed(do_prefill, device), timed(do_decode, device)
-        if record:
-            prefill.append(seconds[0])
-            decode.append(seconds[1] / settings.decode_tokens)
+        with torch.no_grad():
+            return timed(prefill, self.device), timed(decode, self.device) / self.settings.decode_tokens
 
-    with torch.no_grad():
-        for i in range(settings.warmup + settings.repeats):
-            generate(record=i >= settings.warmup)
-    return prefill, decode
+    def train_step(self) -> float:
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-5)
 
+        def step():
+            loss = self.model(input_ids=self.train_ids, labels=self.train_ids, use_cache=False).loss
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
-def training_runs(model, ids: torch.Tensor, settings: BenchSettings, device) -> list[float]:
-    """Seconds of one training step (forward, backward, AdamW step, zero_grad) per timed run."""
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        self.model.train()
+        try:
+            return timed(step, self.device)
+        finally:
+            self.model.eval()
 
-    def step():
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def held_bytes(self) -> int:
+        """Bytes this model keeps between runs: weights, buffers, optimizer state."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        if self.optimizer is not None:
+            tensors += [t for state in self.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
-    try:
-        return repeat(step, settings, device)
-    finally:
-        model.eval()
+    def measurement(self, train: list[float], prefill: list[float], decode: list[float],
+                    train_mb: float | None, inference_mb: float | None) -> "Measurement":
+        settings, loaded, model = self.settings, self.loaded, self.model
+        train_s, prefill_s, decode_s = Stat.of(train), Stat.of(prefill), Stat.of(decode)
+        tokens = settings.batch_size
+        return Measurement(
+            name=self.name, source=loaded.source, weights=loaded.weights, model_type=model.config.model_type,
+            layers=model.config.num_hidden_layers, grown_from=loaded.recipe.base if loaded.recipe else None,
+            params_total=count_parameters(model), params_added=added_parameters(loaded),
+            train_peak_mb=train_mb, inference_peak_mb=inference_mb,
+            train_step_s=train_s, prefill_s=prefill_s, decode_s_per_token=decode_s,
+            train_tokens_per_s=tokens * settings.train_seq_len / train_s.median,
+            prefill_tokens_per_s=tokens * settings.prefill_len / prefill_s.median,
+            decode_tokens_per_s=tokens / decode_s.median,
+        )
 
 
 def added_parameters(loaded: LoadedModel) -> int | None:
@@ -221,45 +247,78 @@ def added_parameters(loaded: LoadedModel) -> int | None:
     return sum(params[n].numel() for n in new_block_parameter_names(loaded.model))
 
 
-def measure(name: str, settings: BenchSettings, *, memory: bool = True) -> Measurement:
-    """Load (or grow, or build with random weights) `name` and measure it; `memory=False` skips the
-    peak-memory figures (on the CPU they are only exact in a fresh process)."""
+@contextmanager
+def torch_threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_device(settings: BenchSettings) -> torch.device:
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {settings.device}: CUDA is not available here; use --device cpu")
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        return _measure(name, settings, device, MemoryProbe(device, enabled=memory))
-    finally:
-        torch.set_num_threads(threads)
+    return device
 
 
-def _measure(name: str, settings: BenchSettings, device: torch.device, probe: MemoryProbe) -> Measurement:
-    loaded = load_model(name, dtype=settings.dtype, device=settings.device, allow_random=True, seed=settings.seed,
-                        base=settings.base)
-    model = loaded.model
-    check_lengths(max_positions(model), settings, name)
-    generator = torch.Generator().manual_seed(settings.seed)
-    vocab = model.config.vocab_size
-    prompt = torch.randint(vocab, (settings.batch_size, settings.prefill_len), generator=generator).to(device)
-    train_ids = torch.randint(vocab, (settings.batch_size, settings.train_seq_len), generator=generator).to(device)
+def measure(name: str, settings: BenchSettings) -> Measurement:
+    """One model alone (in a fresh process: `bench --isolate`): `warmup` then `repeats` inference runs,
+    then as many training steps, each phase's peak memory measured."""
+    device = check_device(settings)
+    with torch_threads(settings.threads):
+        probe = MemoryProbe(device)
+        subject = Subject(name, settings, device)
+        with probe.phase() as inference_memory:
+            for _ in range(settings.warmup):
+                subject.inference()
+            prefill, decode = zip(*[subject.inference() for _ in range(settings.repeats)])
+        with probe.phase() as train_memory:
+            for _ in range(settings.warmup):
+                subject.train_step()
+            train = [subject.train_step() for _ in range(settings.repeats)]
+        return subject.measurement(train, list(prefill), list(decode), train_memory["mb"], inference_memory["mb"])
 
-    with probe.phase() as inference_memory:
-        prefill, decode = inference_runs(model, prompt, settings, device)
-    with probe.phase() as train_memory:
-        train = training_runs(model, train_ids, settings, device)
 
-    train_s, prefill_s, decode_s = Stat.of(train), Stat.of(prefill), Stat.of(decode)
-    tokens = settings.batch_size
-    return Measurement(
-        name=name, source=loaded.source, weights=loaded.weights, model_type=model.config.model_type,
-        layers=model.config.num_hidden_layers, params_total=count_parameters(model),
-        params_added=added_parameters(loaded),
-        train_peak_mb=train_memory["mb"], inference_peak_mb=inference_memory["mb"],
-        train_step_s=train_s, prefill_s=prefill_s, decode_s_per_token=decode_s,
-        train_tokens_per_s=tokens * settings.train_seq_len / train_s.median,
-        prefill_tokens_per_s=tokens * settings.prefill_len / prefill_s.median,
-        decode_tokens_per_s=tokens / decode_s.median,
-    )
+def measure_interleaved(names: list[str], settings: BenchSettings, progress=None) -> list[Measurement]:
+    """All models in this process, taking turns: `warmup` untimed runs each, then `repeats` rounds in
+    which every model runs once (the order rotating from round to round), inference rounds first, then
+    training rounds. A burst of load on a shared machine hits every model alike, and sample r of one
+    model is paired with sample r of another (bench's added cost per block uses that).
+    Peak memory: CUDA only (the phase's peak above what was allocated before it, plus what the model
+    itself holds); on the CPU one process's resident size cannot be split between models (None)."""
+    device = check_device(settings)
+    with torch_threads(settings.threads):
+        subjects = [Subject(name, settings, device) for name in names]
+        peaks = {"inference": [0.0] * len(subjects), "train": [0.0] * len(subjects)}
+        samples = {"inference": [[] for _ in subjects], "train": [[] for _ in subjects]}
+        for phase in ("inference", "train"):
+            for i, subject in enumerate(subjects):
+                for _ in range(settings.warmup):
+                    _run_tracking_peak(subject, phase, peaks[phase], i)
+            for round_ in range(settings.repeats):
+                for step in range(len(subjects)):
+                    i = (round_ + step) % len(subjects)
+                    samples[phase][i].append(_run_tracking_peak(subjects[i], phase, peaks[phase], i))
+                if progress is not None:
+                    progress()
+        cuda = device.type == "cuda"
+        return [subject.measurement(samples["train"][i], *map(list, zip(*samples["inference"][i])),
+                                    peaks["train"][i] if cuda else None, peaks["inference"][i] if cuda else None)
+                for i, subject in enumerate(subjects)]
+
+
+def _run_tracking_peak(subject: Subject, phase: str, peaks: list[float], i: int):
+    run = subject.inference if phase == "inference" else subject.train_step
+    if subject.device.type != "cuda":
+        return run()
+    torch.cuda.synchronize()
+    before, held = torch.cuda.memory_allocated(), subject.held_bytes()  # held before: AdamW's state is new in step 1
+    torch.cuda.reset_peak_memory_stats()
+    result = run()
+    torch.cuda.synchronize()
+    peaks[i] = max(peaks[i], (torch.cuda.max_memory_allocated() - before + held) / 2**20)
+    return result

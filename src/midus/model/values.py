@@ -4,6 +4,8 @@ Every variant reads a table ("bank") at the retrieved slots with the retrieval w
 either owned by the module or, with `share_bank`, owned once by the model and passed to `forward`.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,10 @@ from torch import nn
 # weighted embedding_bag has forward and backward kernels for these; elsewhere (e.g. mps) we gather
 EMBEDDING_BAG_DEVICES = ("cpu", "cuda")
 EMBEDDING_BAG_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# the CPU's sparse CSR product (SparseBackwardPool) has kernels for these
+SPARSE_BACKWARD_DTYPES = (torch.float32, torch.float64)
+# the weights' gradient through a dense [bags, n_slots] product where a bag reads >= 1/16 of the table
+DENSE_WEIGHT_GRAD = 16
 
 
 def embedding_bag_supported(device_type: str, dtype: torch.dtype) -> bool:
@@ -19,14 +25,57 @@ def embedding_bag_supported(device_type: str, dtype: torch.dtype) -> bool:
 
 def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_t weights[..., t] * bank[slots[..., t]]: [M, k] slots and weights -> [M, dim]."""
-    if embedding_bag_supported(bank.device.type, bank.dtype):
-        return F.embedding_bag(slots.int(), bank, per_sample_weights=weights.to(bank.dtype), mode="sum")
-    return gather_pool(bank, slots, weights)
+    weights = weights.to(bank.dtype)
+    if not embedding_bag_supported(bank.device.type, bank.dtype):
+        return gather_pool(bank, slots, weights)
+    if (bank.device.type == "cpu" and bank.dtype in SPARSE_BACKWARD_DTYPES and torch.is_grad_enabled()
+            and (bank.requires_grad or weights.requires_grad)):
+        return SparseBackwardPool.apply(bank, slots, weights)
+    return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
 
 
 def gather_pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The same weighted sum with a plain gather (fallback, and the reference in tests)."""
     return (bank[slots] * weights.to(bank.dtype).unsqueeze(-1)).sum(-2)
+
+
+class SparseBackwardPool(torch.autograd.Function):
+    """embedding_bag forward with a faster CPU backward (benchmarks/memory_cost.py):
+    - the bank's gradient as one sparse [n_slots, M] @ [M, dim] product (CSR, rows = slots), where
+      embedding_bag's own dense backward reduces segment by segment;
+    - the weights' gradient <bank[slot], grad of its bag>: from one dense [M, n_slots] product where
+      bags read a large part of the table (the wide `shared` table), else embedding_bag's own
+      per-slot dots (a recomputed forward with the bank detached: a few percent for narrow banks)."""
+
+    @staticmethod
+    def forward(ctx, bank, slots, weights):
+        ctx.save_for_backward(bank, slots, weights)
+        return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        bank, slots, weights = ctx.saved_tensors
+        (n_slots, _), (bags, bag_size) = bank.shape, slots.shape
+        grad_bank = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            flat = slots.flatten()
+            order = flat.argsort()
+            rows = F.pad(torch.bincount(flat, minlength=n_slots).cumsum(0), (1, 0))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+                transposed = torch.sparse_csr_tensor(rows, order // bag_size, weights.flatten()[order],
+                                                     (n_slots, bags), check_invariants=False)
+                grad_bank = transposed @ grad
+        if ctx.needs_input_grad[2]:
+            if n_slots <= DENSE_WEIGHT_GRAD * bag_size:
+                grad_weights = (grad @ bank.T).gather(1, slots)
+            else:
+                with torch.enable_grad():
+                    leaf = weights.detach().requires_grad_()
+                    out = F.embedding_bag(slots, bank.detach(), per_sample_weights=leaf, mode="sum")
+                    (grad_weights,) = torch.autograd.grad(out, leaf, grad)
+        return grad_bank, None, grad_weights
 
 
 class ZeroInitLinear(nn.Linear):

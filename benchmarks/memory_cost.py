@@ -1,0 +1,320 @@
+"""What a MIDUS memory block costs next to a LLaMA Pro block: training step, prefill, decode, memory.
+
+1. Added cost per block, MIDUS ÷ LLaMA Pro, at two widths, with 1 and 2 threads: `midus bench` (models
+   taking turns in one process, in rounds) of a random-weight base, the base + K MIDUS memory blocks and
+   the base + K LLaMA Pro blocks, all grown by the project's own recipes on a config-only base:
+   - SmolLM2-135M width: d 576, 9 heads, 3 KV heads, d_ff 1536; 6 blocks + 4;
+   - Llama-3.2-1B width: d 2048, 32 heads, 8 KV heads, d_ff 8192; 2 blocks + 1.
+   Few layers and a small vocabulary keep it cheap: the added cost subtracts the base run by run.
+   Next to it, the FLOP ratio (forward multiply-adds of the two blocks) and the parameter ratio.
+2. Retrieval + pooling vs the PyPI `product-key-memory` layer doing the same work, at 1B width: 32 heads,
+   n = 64 sub-keys per half, top-k 32, LayerNorm on each query half (its default), the same value
+   table, HIVE's latent bank [n*n, r = 64] (and, second, a wide [n*n, d] table). Its query projection
+   `to_queries` is replaced by the identity, so both start from the same [T, 2048] queries and the
+   timing holds retrieval and pooling only; both pick the same slots with the same weights (checked).
+3. Training memory of one block at 1B width: the bytes autograd keeps for the backward (saved
+   tensors, counted once per storage) and the bytes of weights, gradients and AdamW state.
+
+    python benchmarks/memory_cost.py [--threads 1 2] [--rounds 7] [--out benchmarks/results]
+
+Writes memory_cost.md and memory_cost.json to --out.
+"""
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+from midus.bench import BenchSettings, bench
+from midus.model import MidusConfig, MidusMemoryBlock
+from midus.model.hml import ProductKeys, normalize_query
+from midus.model.retrieval import candidate_pairs
+from midus.model.values import pool
+
+N_KEYS, TOPK, LATENT = 64, 32, 64
+WIDTHS = {
+    "SmolLM2-135M": {"shape": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                                   num_key_value_heads=3), "layers": 6, "new_blocks": 4},
+    "Llama-3.2-1B": {"shape": dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+                                   num_key_value_heads=8), "layers": 2, "new_blocks": 1},
+}
+GOALS = {  # MIDUS ÷ LLaMA Pro added cost per block, from issue 13
+    ("SmolLM2-135M", "train_step_s"): ("≤ parameter ratio", "params"),
+    ("SmolLM2-135M", "decode_s_per_token"): ("≤ 0.5", 0.5),
+    ("Llama-3.2-1B", "train_step_s"): ("≤ 1.15 × FLOP ratio", "flops"),
+    ("Llama-3.2-1B", "prefill_s"): ("≤ 1.15 × FLOP ratio", "flops"),
+    ("Llama-3.2-1B", "decode_s_per_token"): ("≤ 0.3", 0.3),
+}
+PHASES = {"train_step_s": "training step", "prefill_s": "prefill", "decode_s_per_token": "decode (per token)"}
+
+
+# ------------------------------------------------------------------------------ 1. added cost per block
+def block_flops(shape: dict, context: float) -> tuple[float, float]:
+    """Forward multiply-adds per token of a full Llama block and of a memory block, attending to
+    `context` earlier positions on average."""
+    d, d_ff, heads, kv_heads = (shape[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                    "num_key_value_heads"))
+    d_h = d // heads
+    qkv = d * heads * d_h + 2 * d * kv_heads * d_h
+    attention = 2 * heads * d_h * context
+    full = qkv + heads * d_h * d + 3 * d * d_ff + attention
+    pairs = len(candidate_pairs(TOPK, torch.device("cpu")))
+    memory = qkv + attention + heads * 2 * N_KEYS * d_h // 2 + heads * pairs / 2 + heads * TOPK * LATENT + heads * LATENT * d
+    return full, memory
+
+
+def write_models(folder: Path, width: str) -> list[str]:
+    spec = WIDTHS[width]
+    config = LlamaConfig(**spec["shape"], num_hidden_layers=spec["layers"], vocab_size=2048, max_position_embeddings=2048,
+                         head_dim=spec["shape"]["hidden_size"] // spec["shape"]["num_attention_heads"])
+    base = folder / f"{width}-base"
+    config.save_pretrained(base)  # config only: bench gives it seeded random weights
+    recipes = []
+    for method in ("midus", "llama-pro"):
+        recipe = {"base": str(base), "method": method, "new_blocks": spec["new_blocks"], "placement": "distributed",
+                  "dtype": "float32"}
+        if method == "midus":
+            recipe["memory"] = {"n_keys": N_KEYS, "topk": TOPK, "latent_dim": LATENT}
+        path = folder / f"{width}-{method}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        recipes.append(str(path))
+    return [str(base), *recipes]
+
+
+def per_round_ratios(midus, pro) -> dict:
+    """Ratio of the medians (the headline) and the quartiles of the run-by-run ratios (the spread)."""
+    out = {}
+    for metric in PHASES:
+        mine, theirs = getattr(midus.added_per_block, metric), getattr(pro.added_per_block, metric)
+        rounds = [a / b for a, b in zip(mine.samples, theirs.samples) if b > 0]
+        q1, _, q3 = statistics.quantiles(rounds, n=4, method="inclusive") if len(rounds) > 1 else rounds * 3
+        out[metric] = {"ratio": mine.median / theirs.median, "round_q1": q1, "round_q3": q3,
+                       "midus_ms": 1e3 * mine.median, "midus_iqr_ms": [1e3 * mine.q1, 1e3 * mine.q3],
+                       "llama_pro_ms": 1e3 * theirs.median, "llama_pro_iqr_ms": [1e3 * theirs.q1, 1e3 * theirs.q3]}
+    return out
+
+
+def added_costs(folder: Path, threads: list[int], rounds: int, settings: dict) -> list[dict]:
+    rows = []
+    for width, spec in WIDTHS.items():
+        base, midus, pro = write_models(folder, width)
+        for count in threads:
+            run = BenchSettings(threads=count, repeats=rounds, **settings)
+            report = bench([base, midus, pro], run, reference=pro)
+            models = {m.name: m for m in report.models}
+            flops = {"train_step_s": block_flops(spec["shape"], (run.train_seq_len + 1) / 2),
+                     "prefill_s": block_flops(spec["shape"], (run.prefill_len + 1) / 2),
+                     "decode_s_per_token": block_flops(spec["shape"], run.prefill_len + run.decode_tokens / 2)}
+            rows.append({"width": width, "shape": spec["shape"], "base_blocks": spec["layers"],
+                         "new_blocks": spec["new_blocks"], "threads": count,
+                         "param_ratio": models[midus].params_added / models[pro].params_added,
+                         "flop_ratio": {m: memory / full for m, (full, memory) in flops.items()},
+                         "phases": per_round_ratios(models[midus], models[pro]),
+                         "bench_markdown": report.to_markdown()})
+            print(f"{width}, {count} thread(s): " + ", ".join(
+                f"{PHASES[m]} {p['ratio']:.2f}" for m, p in rows[-1]["phases"].items()), flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------ 2. vs product-key-memory
+def interleaved(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    for fn, inputs in cases.values():
+        for _ in range(warmup):
+            fn(*inputs)
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (fn, inputs) in cases.items():
+            start = time.perf_counter()
+            fn(*inputs)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def forward_backward(module_fn, module: nn.Module):
+    def run(x):
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        module_fn(x).float().sum().backward()
+
+    return run
+
+
+def against_product_key_memory(tokens: int, repeats: int) -> dict:
+    from product_key_memory import PKM
+
+    d, heads = 2048, 32
+    torch.manual_seed(0)
+
+    def their_layer(value_dim):
+        layer = PKM(dim=d, heads=heads, num_keys=N_KEYS, topk=TOPK, dim_head=d // heads // 2)
+        layer.to_queries = nn.Identity()  # queries come in ready-made, as an HML's do
+        layer.values = nn.EmbeddingBag(N_KEYS**2, value_dim, mode="sum")  # the value table under test
+        nn.init.normal_(layer.values.weight, std=value_dim**-0.5)
+        return layer
+
+    theirs = {"n^2 x r": their_layer(LATENT), "n^2 x d": their_layer(d)}
+    keys = ProductKeys(heads, d // heads, N_KEYS, TOPK)
+    with torch.no_grad():  # the same sub-keys: theirs are [h, n, 2, d/2], ours [h, 2, n, d/2]
+        keys.keys.copy_(theirs["n^2 x r"].keys.permute(0, 2, 1, 3))
+        theirs["n^2 x d"].keys.copy_(theirs["n^2 x r"].keys)
+
+    def ours(table, keys=keys):
+        """HIVE's pooling with a latent table (one bag per head: z_h), the `shared` variant's with a wide
+        one (heads summed: one bag of H*k rows per token, as theirs)."""
+        per_head = table.shape[1] < d
+
+        def run(queries):
+            # their feature order is (half, head, dim), ours (head, half, dim); LayerNorm per half as theirs
+            halves = queries.view(-1, 2, heads, d // heads // 2).transpose(1, 2)
+            slots, weights = keys(normalize_query(halves, "layer").flatten(2))
+            if per_head:
+                return pool(table, slots.flatten(0, 1), weights.flatten(0, 1)).view(-1, heads, table.shape[1])
+            return pool(table, slots.flatten(1), weights.flatten(1))
+
+        return run
+
+    queries = torch.randn(1, tokens, d, requires_grad=True)
+    # the same work: per-head pools summed equal theirs (float64: near-ties at the k-th slot cannot flip)
+    keys64 = copy.deepcopy(keys).double()
+    with torch.no_grad():
+        for layer in theirs.values():
+            layer64 = copy.deepcopy(layer).double()
+            mine = ours(layer64.values.weight, keys64)(queries.double())
+            torch.testing.assert_close(mine.sum(1) if mine.dim() == 3 else mine, layer64(queries.double())[0])
+
+    cases = {}
+    for table, layer in theirs.items():
+        cases[f"product-key-memory, table {table}"] = (forward_backward(layer, layer), (queries,))
+        cases[f"ours, table {table}"] = (forward_backward(ours(layer.values.weight), keys), (queries,))
+    times = interleaved(cases, repeats)
+    out = {"tokens": tokens, "seconds": {n: {"median": statistics.median(t), "min": min(t), "max": max(t)}
+                                         for n, t in times.items()}}
+    for table in theirs:
+        pairs = [a / b for a, b in zip(times[f"product-key-memory, table {table}"], times[f"ours, table {table}"])]
+        q1, _, q3 = statistics.quantiles(pairs, n=4, method="inclusive")
+        out[f"speed-up, table {table}"] = {"ratio": out["seconds"][f"product-key-memory, table {table}"]["median"]
+                                           / out["seconds"][f"ours, table {table}"]["median"],
+                                           "round_q1": q1, "round_q3": q3}
+    return out
+
+
+# ------------------------------------------------------------------------------ 3. training memory
+def saved_bytes(block: nn.Module, call) -> int:
+    """Bytes autograd keeps for the backward of one forward, each storage counted once."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = call()
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+    del out
+    return sum(size for ptr, size in storages.items() if ptr not in params)
+
+
+def training_memory(tokens: int) -> dict:
+    llama = LlamaConfig(**WIDTHS["Llama-3.2-1B"]["shape"], num_hidden_layers=1, vocab_size=128)
+    midus = MidusConfig(**{k: v for k, v in llama.to_dict().items() if k not in ("model_type", "transformers_version")},
+                        memory={"n_keys": N_KEYS, "topk": TOPK, "latent_dim": LATENT})
+    midus._attn_implementation = llama._attn_implementation = "sdpa"
+    blocks = {"full Llama block": LlamaDecoderLayer(llama, 0), "memory block": MidusMemoryBlock(midus, 0)}
+    x = torch.randn(1, tokens, llama.hidden_size, requires_grad=True)
+    position_embeddings = LlamaRotaryEmbedding(llama)(x, torch.arange(tokens)[None])
+    out = {"tokens": tokens}
+    for name, block in blocks.items():
+        params = sum(p.numel() * p.element_size() for p in block.parameters())
+        activations = saved_bytes(block, lambda: block(x, attention_mask=None, position_embeddings=position_embeddings))
+        attention = saved_bytes(block.self_attn, lambda: block.self_attn(
+            block.input_layernorm(x), attention_mask=None, position_embeddings=position_embeddings))
+        out[name] = {"weights_grads_adamw_mib": 4 * params / 2**20, "saved_activations_mib": activations / 2**20,
+                     "of_which_attention_mib": attention / 2**20}
+    full, memory = out["full Llama block"], out["memory block"]
+    out["parameter_share"] = memory["weights_grads_adamw_mib"] / full["weights_grads_adamw_mib"]
+    out["activation_share"] = memory["saved_activations_mib"] / full["saved_activations_mib"]
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+def goal_text(row: dict, metric: str) -> str:
+    goal = GOALS.get((row["width"], metric))
+    if goal is None:
+        return "—"
+    text, bound = goal
+    limit = {"params": row["param_ratio"], "flops": 1.15 * row["flop_ratio"][metric]}.get(bound, bound)
+    met = row["phases"][metric]["ratio"] <= limit
+    return f"{text} ({limit:.2f}): {'met' if met else 'not met'}"
+
+
+def markdown(results: dict) -> str:
+    lines = ["| width | phase | threads | MIDUS ÷ LLaMA Pro, added cost per block [run-by-run IQR] | "
+             "MIDUS ms/block [IQR] | LLaMA Pro ms/block [IQR] | FLOP ratio | parameter ratio | goal |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in results["added_cost"]:
+        for metric, phase in PHASES.items():
+            p = row["phases"][metric]
+            lines.append(f"| {row['width']} (+{row['new_blocks']} on {row['base_blocks']}) | {phase} | {row['threads']} | "
+                         f"**{p['ratio']:.2f}** [{p['round_q1']:.2f}–{p['round_q3']:.2f}] | "
+                         f"{p['midus_ms']:.3f} [{p['midus_iqr_ms'][0]:.3f}–{p['midus_iqr_ms'][1]:.3f}] | "
+                         f"{p['llama_pro_ms']:.3f} [{p['llama_pro_iqr_ms'][0]:.3f}–{p['llama_pro_iqr_ms'][1]:.3f}] | "
+                         f"{row['flop_ratio'][metric]:.2f} | {row['param_ratio']:.2f} | {goal_text(row, metric)} |")
+    pkm = results["product_key_memory"]
+    lines += ["", f"Retrieval + pooling, forward + backward on 1 × {pkm['tokens']} queries (1B width):", "",
+              "| case | median s | min s | max s |", "|---|---|---|---|"]
+    lines += [f"| {n} | {s['median']:.4f} | {s['min']:.4f} | {s['max']:.4f} |" for n, s in pkm["seconds"].items()]
+    for key, value in pkm.items():
+        if key.startswith("speed-up"):
+            lines.append(f"\n**{key} (product-key-memory ÷ ours): {value['ratio']:.2f}×** "
+                         f"[run-by-run IQR {value['round_q1']:.2f}–{value['round_q3']:.2f}] (goal ≥ 2×)")
+    memory = results["training_memory"]
+    lines += ["", f"Training memory of one block at 1B width, 1 × {memory['tokens']} tokens (MiB):", "",
+              "| block | weights + grads + AdamW | saved for backward | of which attention |", "|---|---|---|---|"]
+    for name in ("full Llama block", "memory block"):
+        m = memory[name]
+        lines.append(f"| {name} | {m['weights_grads_adamw_mib']:.1f} | {m['saved_activations_mib']:.1f} | "
+                     f"{m['of_which_attention_mib']:.1f} |")
+    lines += ["", f"Memory block ÷ full block: parameters (and their training state) {memory['parameter_share']:.3f}, "
+                  f"saved activations {memory['activation_share']:.3f}."]
+    env = results["environment"]
+    lines += ["", f"Environment: {env['device']}, torch {env['torch']}, float32, batch 1; "
+                  f"{results['settings']}; {results['rounds']} rounds."]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=7, help="bench rounds (every model once per round)")
+    parser.add_argument("--tokens", type=int, default=256, help="training step, prefill and pkm queries")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    settings = {"train_seq_len": args.tokens, "prefill_len": args.tokens, "decode_tokens": 32, "warmup": 2}
+    results = {"settings": settings, "rounds": args.rounds,
+               "environment": {"device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads by default)",
+                               "torch": torch.__version__}}
+    with tempfile.TemporaryDirectory(prefix="memory-cost-") as folder:
+        results["added_cost"] = added_costs(Path(folder), args.threads, args.rounds, settings)
+    torch.set_num_threads(args.threads[0])
+    results["product_key_memory"] = against_product_key_memory(args.tokens, 2 * args.rounds + 1)
+    results["training_memory"] = training_memory(args.tokens)
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results)
+    (args.out / "memory_cost.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "memory_cost.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
