@@ -128,6 +128,19 @@ def train(
     typer.echo(f"wrote {final}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@one_line_errors
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="model folder (MIDUS, or a plain/grown Llama)")],
+):
+    """Serve a model with vLLM's OpenAI-compatible server (`vllm serve`; MIDUS through its Transformers
+    backend). Other options go to vLLM: midus serve DIR --port 8000 --dtype bfloat16."""
+    from .serve import serve as run_server
+
+    run_server(model, list(ctx.args))
+
+
 @app.command("eval")
 @one_line_errors
 def eval_(
