@@ -141,6 +141,19 @@ def serve(
     run_server(model, list(ctx.args))
 
 
+@app.command("merge-adapter")
+@one_line_errors
+def merge_adapter(
+    adapter: Annotated[Path, typer.Argument(help="LoRA adapter folder (`midus train` with trainable: lora writes OUTPUT_DIR/model)")],
+    out_dir: Annotated[Path, typer.Argument(help="new folder for the merged model")],
+    base: str = typer.Option(None, "--base", help="the base model the adapter was trained on (default: the one its adapter_config.json names)"),
+):
+    """Merge a LoRA adapter into its base: a model folder of the base's format (MIDUS, or plain Llama)."""
+    from .train.lora import merge_adapter as merge
+
+    typer.echo(f"wrote {merge(adapter, out_dir, base)}")
+
+
 @app.command("eval")
 @one_line_errors
 def eval_(

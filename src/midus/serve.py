@@ -9,6 +9,8 @@ weight loader. A plain or DUS-grown Llama folder is served by vLLM's native Llam
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 from .checkpoint import load_config, resolve
 from .errors import UsageError
@@ -60,13 +62,20 @@ def flag_value(arguments: list[str], *names: str) -> int:
     return 1
 
 
+def vllm_executable() -> str:
+    """vLLM's command, from this Python's environment (activated or not), else from PATH."""
+    beside = Path(sys.executable).parent / "vllm"
+    executable = str(beside) if beside.is_file() else shutil.which("vllm")
+    if executable is None:
+        raise UsageError(VLLM_MISSING)
+    return executable
+
+
 def serve_command(model: str, vllm_arguments: list[str]) -> list[str]:
     """`vllm serve FOLDER` with MIDUS's engine arguments, then the user's own vLLM flags."""
     args = engine_args(model, flag_value(vllm_arguments, "--tensor-parallel-size", "-tp"),
                        flag_value(vllm_arguments, "--pipeline-parallel-size", "-pp"))
-    executable = shutil.which("vllm")
-    if executable is None:
-        raise UsageError(VLLM_MISSING)
+    executable = vllm_executable()
     command = [executable, "serve", args["model"]]
     if "model_impl" in args:
         command += ["--model-impl", args["model_impl"], "--trust-remote-code"]
