@@ -1,6 +1,7 @@
 """LoRA through PEFT: `trainable: lora` trains adapters only, `midus merge-adapter` folds them back."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,7 @@ pytest.importorskip("peft", reason="peft is not installed (pip install 'midus[lo
 
 def lora_run(model, tmp_path, corpus, **fields):
     data = {"files": [str(corpus)], "cache_dir": str(tmp_path / "cache"), "eval_sequences": 0}
-    return tiny_config(model, tmp_path / "run", data, trainable="lora", max_steps=4, save_interval=0, **fields)
+    return tiny_config(model, tmp_path / "run", data, **{"trainable": "lora", "max_steps": 4, "save_interval": 0, **fields})
 
 
 def test_a_lora_step_changes_only_adapter_weights(tiny_base):
@@ -114,3 +115,12 @@ def test_merge_adapter_refuses_a_folder_without_an_adapter_and_an_existing_outpu
     assert not (tmp_path / "out").exists()
     result = CliRunner().invoke(app, ["merge-adapter", str(tiny_midus), str(tiny_midus)])
     assert_one_line_error(result, "exists and is not empty", code=2)
+
+
+def test_a_run_killed_before_its_model_was_written_writes_the_same_adapter(tiny_midus, corpus, tmp_path):
+    config = lora_run(tiny_midus, tmp_path, corpus, save_interval=4, gradient_checkpointing=True)
+    adapter = train(config)
+    first = (adapter / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(adapter)  # killed after the last checkpoint: only the model is left to write
+    assert train(config) == adapter
+    assert (adapter / "adapter_model.safetensors").read_bytes() == first

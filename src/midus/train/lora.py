@@ -72,14 +72,6 @@ def load_adapter(model, adapter: str | Path, trainable: bool = False):
     return peft().PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
 
 
-def is_adapted(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
 def adapter_base(adapter: Path) -> str:
     """The base model an adapter folder was trained on (its adapter_config.json)."""
     config_file = adapter / ADAPTER_CONFIG
