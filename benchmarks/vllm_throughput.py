@@ -90,6 +90,9 @@ def main():
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "vllm": vllm.__version__, "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "cpu_cores": os.cpu_count(), "dtype": "float32", "enforce_eager": True,
+        "threads": "vLLM's CPU worker binds its OpenMP threads itself (VLLM_CPU_OMP_THREADS_BIND="
+                   f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}: auto uses the cores of one NUMA node but "
+                   "one, reserved for the engine)",
         "shape": {"d": D, "d_ff": D_FF, "heads": HEADS, "kv_heads": KV_HEADS, "vocab": vocab,
                   "base_layers": args.base_layers, "new_blocks": args.new_blocks, "memory": MEMORY},
         "models": {name: {"layers": [entry["kind"] for entry in configs[name].get("layer_map") or []],
@@ -98,7 +101,9 @@ def main():
                           "median_tokens_per_s": median[name],
                           "spread_tokens_per_s": [min(rate[name]), max(rate[name])]}
                    for name in engines},
-        "ratio": {"generated tokens/s, MIDUS / LLaMA Pro": median["MIDUS"] / median["LLaMA Pro"]},
+        "ratio": {"generated tokens/s, MIDUS / LLaMA Pro (of the medians)": median["MIDUS"] / median["LLaMA Pro"],
+                  "generated tokens/s, MIDUS / LLaMA Pro (median of the rounds' ratios)": statistics.median(
+                      midus / pro for midus, pro in zip(rate["MIDUS"], rate["LLaMA Pro"]))},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vllm_throughput.json").write_text(json.dumps(results, indent=2))

@@ -18,8 +18,8 @@ from ..data.datasets import build_datasets, collate
 from ..errors import MidusError, UsageError, warn
 from ..recipe import RECIPE_FILE
 from .config import TrainConfig
-from .metrics import plot_loss
 from .lora import adapted
+from .metrics import plot_loss
 from .optim import select_trainable
 from .preemption import Preempted, PreemptionFlag, catch_preemption
 from .rundir import RunFolder, checkpoint_step
