@@ -243,9 +243,13 @@ def checksum_problem(folder: str | Path) -> str | None:
 
 
 def save_model(model: PreTrainedModel, tokenizer, folder: Path, max_shard_size: str = "500MB") -> None:
-    """save_pretrained with sharded safetensors; a MIDUS model ships its code and a full auto_map."""
-    if model.config.model_type == "midus":
-        model.config.auto_map = dict(MIDUS_AUTO_MAP)
-    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    """save_pretrained with sharded safetensors; a MIDUS model ships its code and a full auto_map; a model
+    under a LoRA adapter (PEFT) saves the adapter only (`midus merge-adapter` merges it)."""
+    if getattr(model, "peft_config", None):
+        model.save_pretrained(folder)
+    else:
+        if model.config.model_type == "midus":
+            model.config.auto_map = dict(MIDUS_AUTO_MAP)
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

@@ -128,6 +128,32 @@ def train(
     typer.echo(f"wrote {final}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@one_line_errors
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="model folder (MIDUS, or a plain/grown Llama)")],
+):
+    """Serve a model with vLLM's OpenAI-compatible server (`vllm serve`; MIDUS through its Transformers
+    backend). Other options go to vLLM: midus serve DIR --port 8000 --dtype bfloat16."""
+    from .serve import serve as run_server
+
+    run_server(model, list(ctx.args))
+
+
+@app.command("merge-adapter")
+@one_line_errors
+def merge_adapter(
+    adapter: Annotated[Path, typer.Argument(help="LoRA adapter folder (`midus train` with trainable: lora writes OUTPUT_DIR/model)")],
+    out_dir: Annotated[Path, typer.Argument(help="new folder for the merged model")],
+    base: str = typer.Option(None, "--base", help="the base model the adapter was trained on (default: the one its adapter_config.json names)"),
+):
+    """Merge a LoRA adapter into its base: a model folder of the base's format (MIDUS, or plain Llama)."""
+    from .train.lora import merge_adapter as merge
+
+    typer.echo(f"wrote {merge(adapter, out_dir, base)}")
+
+
 @app.command("eval")
 @one_line_errors
 def eval_(

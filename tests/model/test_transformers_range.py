@@ -94,15 +94,16 @@ def test_two_different_caches_are_an_error(tiny_base):
 
 
 def test_pyproject_and_ci_declare_the_tested_range():
-    """The floors of pyproject.toml are the pins .ci/run tests; transformers' range is the modeling code's."""
+    """The floors of pyproject.toml (and of the `lora` extra) are the pins .ci/run tests; transformers' range
+    is the modeling code's."""
     lowest, newest = (Version(v) for v in TESTED_TRANSFORMERS)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = {r.name: r for r in map(Requirement, project["dependencies"])}
+    requirements = {r.name: r for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["lora"])}
     assert requirements["transformers"].specifier == SpecifierSet(f">={lowest},<{newest.major}.{newest.minor + 1}")
     assert Version(transformers.__version__) in requirements["transformers"].specifier
     pins = [Requirement(line) for line in (ROOT / ".ci" / "lowest.txt").read_text().splitlines()
             if line and not line.startswith("#")]
-    assert {pin.name for pin in pins} == {"transformers", "lm-eval", "accelerate", "datasets"}
+    assert {pin.name for pin in pins} == {"transformers", "lm-eval", "accelerate", "datasets", "peft"}
     for pin in pins:
         (floor,) = [s.version for s in requirements[pin.name].specifier if s.operator == ">="]
         assert pin.specifier == SpecifierSet(f"=={floor}"), pin

@@ -46,7 +46,10 @@ ATTENTIONS = {"llama": LlamaAttention, "mistral": MistralAttention, "qwen2": Qwe
 
 class MidusHeadsAttention(LlamaAttention):
     """The base family's attention without o_proj: returns the per-head outputs [B, T, H, d_h].
-    q/k/v (with biases for qwen2) and the per-head q/k norms before RoPE (qwen3) are the family's."""
+    q/k/v (with biases for qwen2) and the per-head q/k norms before RoPE (qwen3) are the family's.
+
+    The attention function comes from ALL_ATTENTION_FUNCTIONS: transformers' own return [B, T, H, d_h],
+    vLLM's (its Transformers backend) returns [tokens, H*d_h]; both are reshaped to heads here."""
 
     def __init__(self, config: MidusConfig, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -77,7 +80,7 @@ class MidusHeadsAttention(LlamaAttention):
             dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling,
             sliding_window=self.sliding_window, **kwargs,
         )
-        return heads_output  # [B, T, H, d_h]
+        return heads_output.reshape(hidden_shape)  # [B, T, H, d_h]
 
 
 class MidusMemoryBlock(GradientCheckpointingLayer):

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from ..errors import UsageError
 from ..schema import Strict, YamlModel
+from .lora import LoraSettings
 
 # Fields that do not change what a run computes: a run folder may be resumed with other values.
 RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers")
@@ -91,8 +92,11 @@ class TrainConfig(YamlModel):
     adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0: no clipping)")
-    trainable: Literal["all", "new-blocks", "memory"] = Field(
-        "all", description="all parameters; only the blocks growth added (LLaMA Pro); or only the memory layers")
+    trainable: Literal["all", "new-blocks", "memory", "lora"] = Field(
+        "all", description="all parameters; only the blocks growth added (LLaMA Pro); only the memory layers; "
+                           "or LoRA adapters on the frozen model (PEFT; settings in `lora`)")
+    lora: LoraSettings | None = Field(None, description="trainable: lora: rank, alpha, dropout, target_modules "
+                                      "(default: q/k/v/o of every block and HIVE's projection)")
 
     precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast with fp32 master weights")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
@@ -116,6 +120,12 @@ class TrainConfig(YamlModel):
             raise ValueError("give exactly one budget: max_tokens or max_steps")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}")
+        if self.lora is not None and self.trainable != "lora":
+            raise ValueError(f"lora: settings given with trainable: {self.trainable}; LoRA is trainable: lora (adapters "
+                             "on the frozen model); to add LoRA to a model whose new blocks you trained, train "
+                             "trainable: new-blocks first, then trainable: lora on its output")
+        if self.trainable == "lora" and self.fsdp:
+            raise ValueError("trainable: lora with fsdp: true is not supported; LoRA trains few parameters, use DDP")
         if self.save_interval and self.save_interval % self.log_interval:
             raise ValueError(f"save_interval={self.save_interval} must be a multiple of log_interval={self.log_interval}")
         return self
@@ -140,9 +150,17 @@ class TrainConfig(YamlModel):
                 f"x {processes} processes; change one of them")
         return self.batch_size // per_step
 
+    @property
+    def lora_settings(self) -> LoraSettings:
+        return self.lora or LoraSettings()
+
     def identity(self) -> dict:
-        """What defines the run: everything but the runtime fields."""
-        return self.model_dump(mode="json", exclude={**dict.fromkeys(RUNTIME_FIELDS, True), "data": set(RUNTIME_DATA_FIELDS)})
+        """What defines the run: everything but the runtime fields (and no `lora` key in a run without
+        LoRA, so that run folders written before LoRA existed keep their fingerprint)."""
+        exclude = {**dict.fromkeys(RUNTIME_FIELDS, True), "data": set(RUNTIME_DATA_FIELDS)}
+        if self.lora is None:
+            exclude["lora"] = True
+        return self.model_dump(mode="json", exclude=exclude)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]

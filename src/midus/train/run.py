@@ -19,6 +19,7 @@ from ..data.datasets import build_datasets, collate
 from ..errors import MidusError, UsageError, warn
 from ..recipe import RECIPE_FILE
 from .config import TrainConfig
+from .lora import adapted
 from .metrics import plot_loss
 from .optim import select_trainable
 from .preemption import Preempted, PreemptionFlag, catch_preemption
@@ -66,10 +67,14 @@ def train_in(run: RunFolder, config: TrainConfig, args: TrainingArguments, token
     resume = decided_by_main(args, run.resume_checkpoint)
     resume_step = checkpoint_step(resume) if resume else 0
     finished = resume_step >= config.total_steps  # killed after the last checkpoint: only the model is left to write
-    model = load_model(str(resume) if finished and not config.fsdp else config.model)
+    lora = config.trainable == "lora"  # its checkpoints hold the adapter only
+    model = load_model(str(resume) if finished and not lora and not config.fsdp else config.model)
     if config.gradient_checkpointing:
         model.config.use_cache = False
-    select_trainable(model, config.trainable)
+    if lora:
+        model = adapted(model, config, resume if finished else None)
+    else:
+        select_trainable(model, config.trainable)
     if args.should_save:
         run.truncate_metrics(resume_step)
     if preemption.received:
