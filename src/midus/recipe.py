@@ -60,6 +60,10 @@ class LesaSettings(Strict):
     batch_size: int = Field(64, ge=1, strict=True, description="rows of V per optimizer step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     norm_weight: float = Field(5e-4, ge=0, le=1, description="lambda: loss = (1-lambda) MSE + lambda MSE of the norms")
+    norms_from: Literal["block-0", "source"] = Field(
+        "block-0", description="where a new layer's tensors that are not predicted (RMSNorm weights, biases) come from: "
+                               "block-0 (the authors' code builds every new layer from a copy of block 0) or source "
+                               "(the block it is inserted after)")
 
 
 class Recipe(YamlModel):

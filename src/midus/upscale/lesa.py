@@ -8,8 +8,10 @@ concatenated along the input dimension and factorised once:
 A small MLP (Linear-ReLU-Linear-ReLU-Linear) learns to predict each row of V_i from the same row of
 V_{i-1} and V_{i+1} (rows of all layers 1..L-2 are the training set), with loss
 (1-λ)·MSE + λ·(‖ŷ‖ - ‖y‖)² per batch, AdamW, for a few epochs. A new layer inserted after block i
-gets W = UΣ · MLP([V_i, V_{i+1}]) (after the last block: [V_{L-1}, V_{L-1}]); its norms and biases
-are copied from block i.
+gets W = UΣ · MLP([V_i, V_{i+1}]) (after the last block: [V_{L-1}, V_{L-1}]). Its other tensors (RMSNorm
+weights, biases) are block 0's by default, as in the authors' code (yangyifei729/LESA, load_LESA.ipynb:
+every new layer starts as a deep copy of block 0 and gets the seven predicted matrices), or block i's
+(`norms_from: source`).
 """
 
 import torch
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..recipe import LesaSettings, Recipe, RecipeError
-from .grow import fill, grow_decoders, insertion_layout
+from .grow import copy_module, fill, grow_decoders, insertion_layout
 from .registry import register
 from .weights import BaseWeights
 
@@ -95,6 +97,9 @@ def grow_lesa(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     if base.is_meta:  # config-only growth: the shapes are those of the copies
         return model
     new_layers = [(layer, source) for layer, (source, new) in zip(model.model.layers, layout) if new]
+    if recipe.lesa.norms_from == "block-0":
+        for layer, _ in new_layers:
+            copy_module(layer, base, "model.layers.0.", skip=tuple(f"{kind}.weight" for kind in WEIGHT_KINDS))
     generator = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     with tqdm(total=len(WEIGHT_KINDS) * recipe.lesa.epochs, desc="lesa", unit="epoch", disable=None) as progress:
