@@ -23,9 +23,9 @@ from midus.recipe import METHODS
 
 ROOT = Path(__file__).parents[2]
 runner = CliRunner()
-# the kill tests' experiment: two of tiny-test's methods, no bench (timings differ between runs by nature)
+# the kill tests' experiment: two of tiny-test's methods, no bench (timings differ between runs by nature), no analysis
 TINY = {m.name: m.model_dump() for m in load_experiment("tiny-test").methods}
-PAIR = {"methods": [TINY["llama-pro"], TINY["midus"]], "bench": None}
+PAIR = {"methods": [TINY["llama-pro"], TINY["midus"]], "bench": None, "analyze": None}
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +236,7 @@ def test_dry_run_on_a_hub_id_offline_stops_at_the_download():
     ({"evaluation.tasks": ["arc_easyy"]}, ["evaluation.tasks", "arc_easyy", "arc_easy"]),
     ({"cpt.lr": -1}, ["cpt", "lr"]),
     ({"colour": "red"}, ["colour: unknown field"]),
+    ({"methods": [TINY["llama-pro"]]}, ["analyze.methods: 'midus' is not among the methods", "analyze to null"]),
 ])
 def test_bad_experiments_are_one_line_errors(tmp_path, overrides, fragments):
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
@@ -252,7 +253,8 @@ def test_a_binary_or_missing_experiment_is_one_line(tmp_path):
 
 def test_cpt_under_torchrun_matches_one_process(unbroken, cache, tmp_path):
     """launcher: torchrun runs `midus train` in 2 CPU processes (DDP over gloo), same global batch."""
-    experiment = load_experiment("tiny-test", {"methods": [TINY["llama-pro"]], "bench": None, "cpt.micro_batch_size": 4,
+    experiment = load_experiment("tiny-test", {"methods": [TINY["llama-pro"]], "bench": None, "analyze": None,
+                                               "cpt.micro_batch_size": 4,
                                                "launcher": {"kind": "torchrun", "nproc_per_node": 2}})
     report = run_comparison(experiment, tmp_path / "out", cache_dir=cache)
     assert not report.failures(), report.failures()
@@ -338,7 +340,7 @@ def test_methods_of_unequal_depth_are_warned_about(capsys):
     from midus.compare import check
 
     check(load_experiment("tiny-test", {"methods": [TINY["llama-pro"], {"name": "deeper", "recipe": {
-        "method": "llama-pro", "new_blocks": 3}}], "reference": "llama-pro"}))
+        "method": "llama-pro", "new_blocks": 3}}], "reference": "llama-pro", "analyze": None}))
     warning = capsys.readouterr().err.strip()
     assert warning == ("warning: the methods grow to different depths (llama-pro 6, deeper 7); the paper compares "
                        "them at equal depth (e.g. set solar_overlap so SOLAR matches)")

@@ -210,8 +210,6 @@ class Experiment(YamlModel):
             raise ValueError(f"cpt.data: required unless {text} (then its CPT part is the data)")
         if self.embedded and self.wikipedia is not None:
             raise ValueError("wikipedia: the embedded base brings its own corpus; use one or the other")
-        if self.analyze and (unknown := [m for m in self.analyze.methods if m not in names]):
-            raise ValueError(f"analyze.methods: {unknown[0]!r} is not among the methods")
         return self
 
     @property

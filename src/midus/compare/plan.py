@@ -45,6 +45,9 @@ def check(experiment: Experiment, config=None) -> dict:
     if len(set(depths.values())) > 1:  # the paper compares methods at equal depth (16 -> 24 for all)
         warn("the methods grow to different depths (" + ", ".join(f"{n} {d}" for n, d in depths.items())
              + "); the paper compares them at equal depth (e.g. set solar_overlap so SOLAR matches)")
+    if experiment.analyze and (unknown := [m for m in experiment.analyze.methods if m not in planned]):
+        raise ExperimentError(f"analyze.methods: {unknown[0]!r} is not among the methods; name one of them, "
+                              "or set analyze to null")
     tasks = [t for t in experiment.evaluation.tasks if t != EMBEDDED_MC_TASK]
     if tasks:
         include = [str(experiment.path(p)) for p in experiment.evaluation.include_paths]

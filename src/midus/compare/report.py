@@ -21,7 +21,7 @@ import statistics
 
 from pydantic import BaseModel, Field
 
-from .stats import PairedTest, describe, paired_accuracy, paired_perplexity
+from .stats import PairedTest, describe, format_p, paired_accuracy, paired_perplexity
 
 SCHEMA = "midus.compare/1"
 NAMES = {"base": "Base (no CPT)", "none": "CPT-Base", "solar": "SOLAR", "llama-pro": "LLaMA Pro", "lesa": "LESA",
@@ -355,8 +355,9 @@ def _pct(value: float | None) -> str:
 def noise_lines(report: CompareReport) -> list[str]:
     n = report.noise
     if n is None:
+        paired = " (the paired tests above measure the noise of the items, not that of the seeds)" if report.paired else ""
         return ["- Run-to-run noise: not measured (one seed per method and no noise probe): no gap can be "
-                "called a separation."]
+                f"called a separation over seeds{paired}."]
     parts = [f"PPL {k} {_pct(sd)}" for k, sd in n.perplexity_sd.items()]
     parts += [f"{t} {100 * sd:.2f} points" for t, sd in n.task_sd.items()]
     lines = [f"- Run-to-run noise (SD of one run over seeds {', '.join(map(str, n.seeds))}, pooled over "
@@ -407,17 +408,22 @@ def paired_lines(report: CompareReport) -> list[str]:
         return []
     out = ["## Paired tests against " + label(report.reference), "",
            "Same items and same held-out documents for both models (seeds pooled): accuracy by McNemar's exact test, "
-           "Wiki-PPL by a paired bootstrap over documents (10,000 resamples); gap = method − reference with its 95% "
-           "interval; beyond noise: p < 0.05, with no correction for the number of tests.", ""]
+           "Wiki-PPL (per document) by a paired bootstrap over documents (10,000 resamples); gap = method − reference "
+           "with its 95% interval; beyond noise: p < 0.05, with no correction for the number of tests.", ""]
     for stage in ("after CPT", "before CPT"):
         tests = [t for t in report.paired if t.stage == stage]
         if not tests:
             continue
         beyond = [describe(t, label) for t in tests if t.beyond]
-        out.append(f"- {stage.capitalize()}, beyond noise ({len(beyond)} of {len(tests)}): "
-                   + ("; ".join(beyond) if beyond else "none") + ".")
-        out.append(f"- {stage.capitalize()}, within noise: "
-                   + ("; ".join(describe(t, label) for t in tests if not t.beyond) or "none") + ".")
+        out.append(f"- {stage[0].upper() + stage[1:]}: {len(beyond)} of {len(tests)} gaps beyond noise"
+                   + (": " + "; ".join(beyond) if beyond else "") + ".")
+    out += ["", "| Method | Stage | Figure | n | Value | Reference | Gap (95% CI) | p | |", "|---|---|---|---:|---:|---:|---|---:|---|"]
+    for t in report.paired:
+        scale, unit = (1, "") if t.figure == "wiki_ppl" else (100, " pts")
+        cells = [label(t.method), t.stage, t.figure, str(t.n), f"{scale * t.value:.2f}", f"{scale * t.reference_value:.2f}",
+                 f"{scale * t.gap:+.2f}{unit} ({scale * t.low:+.2f} to {scale * t.high:+.2f})",
+                 format_p(t.p_value), "beyond noise" if t.beyond else "within noise"]
+        out.append("| " + " | ".join(cells) + " |")
     return out + [""]
 
 
@@ -475,7 +481,10 @@ def to_markdown(report: CompareReport) -> str:
                    f"in train tok/s and {_pct(t['decode_ms_per_token'])} in decode latency; smaller gaps are not differences.")
     env = report.environment
     out.append(f"- Machine: {env.get('device_name')}, {env.get('threads')} threads; torch {env.get('torch')}, "
-               f"transformers {env.get('transformers')}, Python {env.get('python')}. Total {report.total_seconds / 60:.1f} min.")
+               f"transformers {env.get('transformers')}, Python {env.get('python')}. Stages: "
+               f"{sum(st.seconds for st in report.stages) / 60:.1f} min in all"
+               + (f" (this invocation {report.total_seconds / 60:.1f} min, the rest by earlier ones)"
+                  if any(st.resumed for st in report.stages) else f"; total {report.total_seconds / 60:.1f} min") + ".")
     out += ["", "## Stages", "", "| stage | method | seed | status | seconds |", "|---|---|---|---|---:|"]
     for st in report.stages:
         status = (st.status if st.error is None else f"{st.status}: {st.error}") + (" (earlier run)" if st.resumed else "")

@@ -158,8 +158,7 @@ class Comparison:
             with self.stage("base"):
                 cached = (gguf_base_folder(e.base.gguf, self.cache_dir) / "config.json").is_file()
                 self.base = str(prepare_gguf_base(e.base.gguf, self.cache_dir))
-                self.report.base["note"] = (f"de-quantised from {e.base.gguf} and {'cached' if cached else 'converted'} "
-                                            f"at {self.base}")
+                self.report.base["note"] = f"de-quantised, {'cached' if cached else 'converted and cached'} at {self.base}"
         else:
             from ..checkpoint import resolve
 

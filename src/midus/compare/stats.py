@@ -11,8 +11,6 @@ A gap is called beyond noise when p < 0.05 (no correction for the number of test
 lists every test, so the reader can count).
 """
 
-import math
-
 import numpy as np
 from pydantic import BaseModel, Field
 from scipy.stats import binomtest
@@ -94,10 +92,11 @@ def describe(test: PairedTest, label=str) -> str:
         gap = f"{test.gap:+.2f} ({test.low:+.2f} to {test.high:+.2f})"
     else:
         gap = f"{100 * test.gap:+.2f} pts ({100 * test.low:+.2f} to {100 * test.high:+.2f})"
-    p = f"{test.p_value:.2g}" if test.p_value >= 1e-4 else "< 1e-4"
+    p = format_p(test.p_value)
     verdict = "beyond noise" if test.beyond else "within noise"
     return f"{label(test.method)} {test.figure} {gap}, {test.test} p {p}, n {test.n}: {verdict}"
 
 
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
+def format_p(p: float) -> str:
+    """The bootstrap cannot resolve p below 1/BOOTSTRAP: such a p is shown as that bound."""
+    return f"{p:.2g}" if p > 1 / BOOTSTRAP else f"≤ {1 / BOOTSTRAP:.0e}"
