@@ -103,7 +103,7 @@ def test_pyproject_and_ci_declare_the_tested_range():
     assert Version(transformers.__version__) in requirements["transformers"].specifier
     pins = [Requirement(line) for line in (ROOT / ".ci" / "lowest.txt").read_text().splitlines()
             if line and not line.startswith("#")]
-    assert {pin.name for pin in pins} == {"transformers", "lm-eval", "accelerate", "datasets", "peft"}
+    assert {pin.name for pin in pins} == {"transformers", "lm-eval", "accelerate", "datasets", "peft", "gguf"}
     for pin in pins:
         (floor,) = [s.version for s in requirements[pin.name].specifier if s.operator == ">="]
         assert pin.specifier == SpecifierSet(f"=={floor}"), pin

@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from midus.compare import load_experiment
 from midus.data.wikipedia import load_wikipedia
-from midus.train.optim import build_optimizer, memory_layer_parameter_names, select_trainable
+from midus.parameters import memory_parameter_names
+from midus.train.optim import build_optimizer, select_trainable
 from midus.upscale import upscale
 
 EXPERIMENT = load_experiment("smollm2-wiki")
@@ -49,10 +50,10 @@ def test_growth_and_one_cpt_step_on_the_real_base(method, smollm2_base, batch, b
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     optimizer = build_optimizer(model, config)
     memory = {g["name"]: g for g in optimizer.param_groups}.get("memory")
-    if method in ("pkm", "midus"):  # the paper's rule: the memory at its own lr, no weight decay
-        assert memory is not None and memory["weight_decay"] == 0.0
+    if method in ("pkm", "midus"):  # the paper's rule: keys and values at their own constant lr, no weight decay
+        assert memory is not None and memory["weight_decay"] == 0.0 and not memory["scheduled"]
         assert sum(p.numel() for p in memory["params"]) == sum(
-            p.numel() for n, p in model.named_parameters() if n in memory_layer_parameter_names(model))
+            p.numel() for n, p in model.named_parameters() if n in memory_parameter_names(model)) > 0
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(batch, labels=batch).loss
