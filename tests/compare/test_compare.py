@@ -110,7 +110,7 @@ def test_report_files_follow_the_schema(compared):
     table = [line for line in markdown.splitlines() if line.startswith("| MIDUS")][0]
     assert table.count("×)") >= 6  # every figure with its ratio to LLaMA Pro
     assert "Run-to-run noise: not measured" in markdown  # one seed: the report says no gap is a separation
-    for png in ("cpt_loss.png", "params_vs_ppl.png", "accuracy.png", "latency.png"):
+    for png in ("cpt_loss.png", "params_vs_ppl.png", "before_after_ppl.png", "accuracy.png", "latency.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

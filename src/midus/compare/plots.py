@@ -126,7 +126,32 @@ def latency_bars(report: CompareReport, path: Path) -> Path | None:
     return path
 
 
+def before_after(report: CompareReport, path: Path) -> Path | None:
+    """Wiki-PPL per method at insertion and after CPT (first seed): who keeps the base, who gains."""
+    first = report.experiment["seeds"][0]
+    runs = [r for r in report.runs if r.seed == first and not r.probe and r.before_cpt is not None
+            and "document" in r.before_cpt.perplexity and "document" in r.perplexity]
+    if not runs:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    x = range(len(runs))
+    axis.bar([i - 0.2 for i in x], [r.before_cpt.perplexity["document"] for r in runs], width=0.4, color="lightgray",
+             edgecolor="black", label="before CPT (at insertion)")
+    axis.bar([i + 0.2 for i in x], [r.perplexity["document"] for r in runs], width=0.4,
+             color=[COLORS.get(r.method, "tab:green") for r in runs], label="after CPT")
+    base = next((r for r in report.runs if r.method == "base"), None)
+    if base is not None and "document" in base.perplexity:
+        axis.axhline(base.perplexity["document"], color="black", linestyle="--", linewidth=1, label="base")
+    axis.set_xticks(list(x), [label(r.method) for r in runs], rotation=15)
+    axis.set_ylabel("Wiki-PPL (per document) ↓")
+    axis.set_title("Held-out perplexity before and after CPT")
+    axis.legend()
+    return _save(figure, path)
+
+
 def write_plots(report: CompareReport, out_dir: Path) -> list[Path]:
     made = [loss_curves(report, out_dir / "cpt_loss.png"), params_vs_perplexity(report, out_dir / "params_vs_ppl.png"),
+            before_after(report, out_dir / "before_after_ppl.png"),
             accuracy_bars(report, out_dir / "accuracy.png"), latency_bars(report, out_dir / "latency.png")]
     return [p for p in made if p is not None]
