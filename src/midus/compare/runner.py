@@ -1,11 +1,15 @@
 """`midus compare`: an experiment's every stage, for every method and seed, resumable by stage.
 
-    corpus, base   the embedded corpus and base (cached), or the experiment's hub id / folder
+    corpus, base   the embedded corpus and base (cached); or the experiment's hub id / folder / GGUF file
+                   (converted once, cached) and its Wikipedia text
     base eval      the base itself, before growth and CPT
-    per job        grow (the method's recipe) -> identity check -> CPT (the shared config, equal tokens)
-                   -> evaluation (perplexity, lm-eval tasks)
+    per job        grow (the method's recipe) -> identity check -> [evaluation before CPT] -> CPT (the
+                   shared config, equal tokens) -> evaluation (perplexity, lm-eval tasks, every item kept
+                   for the paired tests)
     bench          params, train tokens/s, prefill and decode latency, models interleaved in rounds
-    report         results.json, results.md, cpt_loss.png, params_vs_ppl.png, accuracy.png, latency.png
+    analyze        `midus analyze` of the models named in `analyze`, after CPT
+    report         results.json, results.md, cpt_loss.png, params_vs_ppl.png, before_after_ppl.png, accuracy.png,
+                   latency.png
 
 The folder records each finished stage in `stages/<stage>.json`; a rerun of the same experiment
 skips those, and a CPT run killed midway resumes from its last checkpoint (`midus train`). A stage
