@@ -35,6 +35,7 @@ import torch
 from rich.console import Console
 
 from ..checkpoint import atomic_write_text, write_files
+from ..bench.measure import torch_threads
 from ..errors import MidusError, UsageError
 from ..train.lock import LOCK_FILE, clear_but_lock, folder_lock
 from ..train.preemption import Preempted, PreemptionFlag, catch_preemption
@@ -473,18 +474,6 @@ def timing_noise(figures: dict[str, BenchFigures], shapes: dict[str, tuple]) -> 
             "decode_ms_per_token": spread("decode_ms_per_token")}
 
 
-@contextmanager
-def threads(count: int | None):
-    """torch's CPU threads for the comparison (restored afterwards)."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def environment(device: str = "cpu") -> dict:
     import transformers
 
@@ -504,7 +493,7 @@ def run_comparison(experiment: Experiment, out: str | Path, *, overwrite: bool =
     replace = check_comparison_folder(out, experiment, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     # SIGTERM / SIGUSR1 (SLURM, Kubernetes): CPT checkpoints at its step, other stages finish, then it stops
-    with folder_lock(out, "midus compare"), catch_preemption() as preemption, threads(experiment.threads):
+    with folder_lock(out, "midus compare"), catch_preemption() as preemption, torch_threads(experiment.threads):
         if replace:
             clear_but_lock(out)
         (out / STAGES_DIR).mkdir(exist_ok=True)

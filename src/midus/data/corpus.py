@@ -152,23 +152,28 @@ def split(docs: list[Document], settings: CorpusSettings) -> dict[str, list[Docu
 
 def build_corpus(folder: Path, settings: CorpusSettings) -> Corpus:
     """Gather, clean and split into `folder` (written to a temporary sibling, renamed at the end)."""
+    parts = split(documents(gather(), settings), settings)
+    return write_corpus(folder, settings, parts, {"python": sys.version, "version": CORPUS_VERSION})
+
+
+def write_corpus(folder: Path, settings, parts: dict[str, list[Document]], identity: dict) -> Corpus:
+    """One JSON-lines file per part and the stats file (written last) into `folder`, atomically."""
     from ..checkpoint import atomic_dir
 
-    parts = split(documents(gather(), settings), settings)
     corpus = Corpus(folder, settings, parts)
     with atomic_dir(folder) as tmp:
         for part, docs in parts.items():
             lines = (json.dumps(asdict(doc), ensure_ascii=False) + "\n" for doc in docs)
             (tmp / f"{part}.jsonl").write_text("".join(lines), encoding="utf-8")
-        summary = {"python": sys.version, "version": CORPUS_VERSION, "settings": asdict(settings),
-                   "parts": corpus.stats(), "sha256": content_hash(parts)}
+        summary = {**identity, "settings": asdict(settings), "parts": corpus.stats(),
+                   "sha256": content_hash(parts, tuple(parts))}
         (tmp / STATS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return corpus
 
 
-def read_corpus(folder: Path, settings: CorpusSettings) -> Corpus:
+def read_corpus(folder: Path, settings, names: tuple[str, ...] = PARTS) -> Corpus:
     parts = {}
-    for part in PARTS:
+    for part in names:
         lines = (folder / f"{part}.jsonl").read_text(encoding="utf-8").splitlines()
         parts[part] = [Document(**json.loads(line)) for line in lines]
     return Corpus(folder, settings, parts)

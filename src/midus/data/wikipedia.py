@@ -11,6 +11,7 @@ validation, else cpt), so it is deterministic and an article's part does not dep
 Cached like the embedded corpus (`corpus.py`): `cache_root()/wikipedia-<key>/<part>.jsonl`.
 """
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..assets import package_file
 from ..errors import MidusError
-from .corpus import STATS_FILE, Corpus, Document, cache_root, content_hash, module_fraction
+from .corpus import STATS_FILE, Corpus, Document, cache_root, module_fraction, read_corpus, write_corpus
 
 WIKI_VERSION = 1  # bump when reading or splitting changes what a cache holds
 PARTS = ("cpt", "validation", "heldout")
@@ -38,8 +39,6 @@ class WikipediaSettings:
                              "and sum below 1 (cpt takes the rest)")
 
     def key(self) -> str:
-        import hashlib
-
         identity = {"version": WIKI_VERSION, **asdict(self)}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -63,25 +62,13 @@ def read_articles(settings: WikipediaSettings) -> list[Document]:
 
 def load_wikipedia(settings: WikipediaSettings | None = None, cache_dir: str | Path | None = None) -> Corpus:
     """The three parts, from the cache or split now (written to a temporary sibling, then renamed)."""
-    from ..checkpoint import atomic_dir
-
     settings = settings or WikipediaSettings()
     folder = Path(cache_dir or cache_root()) / f"wikipedia-{settings.key()}"
     if (folder / STATS_FILE).is_file():
-        parts = {part: [Document(**json.loads(line)) for line in
-                        (folder / f"{part}.jsonl").read_text(encoding="utf-8").splitlines()] for part in PARTS}
-        return Corpus(folder, settings, parts)
+        return read_corpus(folder, settings, PARTS)
     if folder.exists():  # incomplete
         shutil.rmtree(folder)
     parts = {part: [] for part in PARTS}
     for doc in read_articles(settings):
         parts[part_of(doc.module, settings)].append(doc)
-    corpus = Corpus(folder, settings, parts)
-    with atomic_dir(folder) as tmp:
-        for part, docs in parts.items():
-            (tmp / f"{part}.jsonl").write_text("".join(json.dumps(asdict(d), ensure_ascii=False) + "\n" for d in docs),
-                                               encoding="utf-8")
-        summary = {"version": WIKI_VERSION, "settings": asdict(settings), "parts": corpus.stats(),
-                   "sha256": content_hash(parts, PARTS)}
-        (tmp / STATS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return corpus
+    return write_corpus(folder, settings, parts, {"version": WIKI_VERSION})
