@@ -3,7 +3,7 @@
 from torch import nn
 
 from .model.hml import ProductKeys
-from .model.values import MemoryValues
+from .model.values import HiveProjection, MemoryValues
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -21,6 +21,22 @@ def memory_parameter_names(model: nn.Module) -> set[str]:
             names.add(f"{module_name}.bank")
     names.update(name for name, _ in model.named_parameters() if name.endswith("shared_bank"))
     return names
+
+
+def hive_projection_names(model: nn.Module) -> set[str]:
+    """HIVE's projections P of every memory block (`projection_group: memory` trains them with the memory)."""
+    return {f"{module_name}.weight" for module_name, module in model.named_modules()
+            if isinstance(module, HiveProjection)}
+
+
+def layer_kind(layer: nn.Module) -> str:
+    """decoder | memory | pkm, from what the block holds (the classes of a checkpoint's shipped code
+    are not ours, so no isinstance): an HML as `memory`, or a product-key memory as its FFN."""
+    if hasattr(getattr(layer, "memory", None), "retrieve"):
+        return "memory"
+    if hasattr(getattr(layer, "mlp", None), "retrieval"):
+        return "pkm"
+    return "decoder"
 
 
 def new_layer_indices(config) -> list[int]:

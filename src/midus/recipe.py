@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .errors import UsageError
-from .model.configuration_midus import MEMORY_DEFAULTS, MIN_SIZES, QUERY_NORMS, VALUE_KINDS, check_memory
+from .model.configuration_midus import MEMORY_DEFAULTS, MIN_SIZES, QUERY_NORMS, VALUE_KINDS, ZERO_INITS, check_memory
 from .schema import Strict, YamlModel
 
 METHODS = ("none", "solar", "llama-pro", "lesa", "pkm", "midus")
@@ -41,6 +41,10 @@ class MemorySettings(Strict):
                                              description="parameter-free norm of each head's query")
     share_bank: bool = Field(MEMORY_DEFAULTS["share_bank"],
                              description="midus only: one bank for all memory blocks, owned by the model")
+    zero_init: Literal[ZERO_INITS] = Field(
+        MEMORY_DEFAULTS["zero_init"],
+        description="the tensor that starts at zero: proj (HIVE's P; identity at insertion), bank (the latent bank U, "
+                    "P random; identity too), none (both random: not the identity)")
     pkm_heads: int = Field(MEMORY_DEFAULTS["pkm_heads"], ge=MIN_SIZES["pkm_heads"], strict=True,
                            description="pkm only: heads of its query projection")
     pkm_key_dim: int = Field(MEMORY_DEFAULTS["pkm_key_dim"], ge=MIN_SIZES["pkm_key_dim"], strict=True,

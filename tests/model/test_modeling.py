@@ -213,3 +213,28 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_base):
     assert plain.keys() == checkpointed.keys() and any("retrieval.keys" in n for n in plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("values", ["hive", "per-head", "shared"])
+@pytest.mark.parametrize("share_bank", [False, True])
+def test_zero_init_picks_the_tensor_that_starts_at_zero(tiny_base, values, share_bank):
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    x = tokens(seed=4)
+    with torch.no_grad():
+        expected = base(x).logits
+    for zero_init in ("proj", "bank", "none"):
+        grown = grow(tiny_base, values=values, share_bank=share_bank, zero_init=zero_init).eval()
+        block = next(layer for layer in grown.model.layers if hasattr(layer, "memory"))
+        bank = grown.model.shared_bank if share_bank else block.memory.values.bank
+        proj = getattr(block.memory.values, "proj", None)
+        if values == "hive":
+            assert (proj.weight.abs().max() == 0) == (zero_init == "proj")
+            assert (bank.abs().max() == 0) == (zero_init == "bank")
+        else:  # no projection: the table starts at zero unless zero_init is none
+            assert (bank.abs().max() == 0) == (zero_init != "none")
+        with torch.no_grad():
+            difference = (grown(x).logits - expected).abs().max()
+        if zero_init == "none":
+            assert difference > 1e-4  # a perturbed base, not the identity
+        else:
+            assert difference <= 1e-5

@@ -26,6 +26,16 @@ def test_groups_split_memory_matrices_and_vectors(tiny_midus):
     assert (groups["decay"]["weight_decay"], groups["no_decay"]["weight_decay"]) == (0.1, 0.0)
 
 
+def test_projection_group_memory_moves_hive_projections_into_the_memory_group(tiny_midus):
+    model = AutoModelForCausalLM.from_pretrained(tiny_midus)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: {names[id(p)] for p in g["params"]}
+              for g in parameter_groups(model, 1e-3, 2e-3, 0.1, projection_group="memory")}
+    projections = {n for n in names.values() if n.endswith("memory.values.proj.weight")}
+    assert len(projections) == 2 and groups["memory"] == memory_parameter_names(model) | projections
+    assert not projections & groups["decay"]
+
+
 def test_frozen_parameters_are_in_no_group(tiny_midus):
     model = AutoModelForCausalLM.from_pretrained(tiny_midus)
     trainable = select_trainable(model, "new-blocks")

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..parameters import layer_kind
+
 KIND_LETTERS = {"decoder": "D", "memory": "M", "pkm": "P"}
 NEGLIGIBLE_LOSS = 1e-4  # loss changes (nats per token) below this count as none
 
@@ -61,13 +63,7 @@ def blocks(model: nn.Module) -> list[Block]:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     out = []
     for index, (layer, entry) in enumerate(zip(model.model.layers, layer_map)):
-        if hasattr(layer, "memory") and hasattr(layer.memory, "retrieve"):
-            kind = "memory"
-        elif hasattr(getattr(layer, "mlp", None), "retrieval"):
-            kind = "pkm"
-        else:
-            kind = "decoder"
-        out.append(Block(index, kind, bool(entry.get("new", False)), entry.get("source", index), layer, heads, head_dim))
+        out.append(Block(index, layer_kind(layer), bool(entry.get("new", False)), entry.get("source", index), layer, heads, head_dim))
     return out
 
 

@@ -19,6 +19,7 @@ BASE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 VALUE_KINDS = ("hive", "per-head", "shared")
 QUERY_NORMS = ("none", "rms", "layer")
+ZERO_INITS = ("proj", "bank", "none")
 # the memory settings and their defaults: the recipe's schema (midus.recipe) reads them from here
 MEMORY_DEFAULTS = {
     "n_keys": 64,  # n: sub-keys per half, n*n slots per head
@@ -27,11 +28,12 @@ MEMORY_DEFAULTS = {
     "values": "hive",  # one of VALUE_KINDS
     "query_norm": "rms",  # one of QUERY_NORMS
     "share_bank": False,  # one bank for all memory blocks, owned by the model
+    "zero_init": "proj",  # one of ZERO_INITS: which tensor starts at zero (init_memory in modeling_midus)
     "pkm_heads": 4,  # the pkm baseline: query heads of its own projection
     "pkm_key_dim": 128,  # the pkm baseline: query / key width per head
 }
 MIN_SIZES = {"n_keys": 2, "topk": 1, "latent_dim": 1, "pkm_heads": 1, "pkm_key_dim": 2}
-CHOICES = {"values": VALUE_KINDS, "query_norm": QUERY_NORMS, "share_bank": (False, True)}
+CHOICES = {"values": VALUE_KINDS, "query_norm": QUERY_NORMS, "share_bank": (False, True), "zero_init": ZERO_INITS}
 
 
 def check_memory(memory: dict) -> None:
@@ -106,4 +108,5 @@ class MidusConfig(LlamaConfig):
         return [entry["kind"] for entry in self.layer_map]
 
 
-__all__ = ["MidusConfig", "MEMORY_DEFAULTS", "LAYER_KINDS", "BASE_MODEL_TYPES", "VALUE_KINDS", "QUERY_NORMS", "check_memory"]
+__all__ = ["MidusConfig", "MEMORY_DEFAULTS", "LAYER_KINDS", "BASE_MODEL_TYPES", "VALUE_KINDS", "QUERY_NORMS", "ZERO_INITS",
+           "check_memory"]

@@ -36,7 +36,7 @@ from transformers.utils import can_return_tuple
 from .compat import CACHE_NAMES, CACHE_ARG, MASK_CACHE, OUTPUT_CACHE, keep_last, take_cache
 from .configuration_midus import MidusConfig
 from .hml import HeadwiseMemoryLayer, ProductKeyMemory, ProductKeys
-from .values import HiveValues, MemoryValues, ZeroInitLinear
+from .values import HiveProjection, HiveValues, MemoryValues
 
 # the blocks of each base family (config.base_model_type): decoder layer and attention
 DECODER_LAYERS = {"llama": LlamaDecoderLayer, "mistral": MistralDecoderLayer, "qwen2": Qwen2DecoderLayer,
@@ -137,21 +137,29 @@ class MidusPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
+        zero_init = self.config.memory["zero_init"]
         if isinstance(module, ProductKeys):
             bound = module.keys.shape[-1] ** -0.5
             init.uniform_(module.keys, -bound, bound)
         elif isinstance(module, MemoryValues) and module.bank is not None:
-            init_bank(module.bank, hive=isinstance(module, HiveValues))
-        if isinstance(module, ZeroInitLinear):
-            init.zeros_(module.weight)  # HIVE's P = 0: an inserted memory block starts as the identity
+            init_bank(module.bank, isinstance(module, HiveValues), zero_init, self.config.initializer_range)
+        if isinstance(module, HiveProjection) and zero_init == "proj":
+            init.zeros_(module.weight)
         if isinstance(module, MidusModel) and module.shared_bank is not None:
-            init_bank(module.shared_bank, hive=self.config.memory["values"] == "hive")
+            init_bank(module.shared_bank, self.config.memory["values"] == "hive", zero_init, self.config.initializer_range)
 
 
-def init_bank(bank: torch.Tensor, hive: bool) -> None:
-    """HIVE's latent bank U ~ N(0, r^-1/2); the ablations' value tables start at zero (identity)."""
-    if hive:
+def init_bank(bank: torch.Tensor, hive: bool, zero_init: str, std: float) -> None:
+    """`memory.zero_init` picks the tensor that starts at zero, so that an inserted block is the identity:
+    - proj (default): HIVE's P = 0, its latent bank U ~ N(0, 1/r);
+    - bank: U = 0, P random (the Linear's init, N(0, initializer_range));
+    - none: both random: not the identity, a small perturbation of the base.
+    The value tables of the other kinds (per-head, shared, PKM's) have no P: they start at zero unless
+    zero_init is none (then N(0, initializer_range))."""
+    if hive and zero_init != "bank":
         init.normal_(bank, std=bank.shape[-1] ** -0.5)
+    elif not hive and zero_init == "none":
+        init.normal_(bank, std=std)
     else:
         init.zeros_(bank)
 

@@ -78,8 +78,9 @@ class SparseBackwardPool(torch.autograd.Function):
         return grad_bank, None, grad_weights
 
 
-class ZeroInitLinear(nn.Linear):
-    """A bias-free projection that starts at zero, so the block it ends is the identity at insertion."""
+class HiveProjection(nn.Linear):
+    """HIVE's per-head projections P_h as one bias-free Linear(H*r -> d); by default it starts at zero,
+    so the block it ends is the identity at insertion (`memory.zero_init`)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
@@ -110,7 +111,7 @@ class HiveValues(MemoryValues):
     def __init__(self, n_slots: int, heads: int, latent_dim: int, hidden_size: int, owns_bank: bool = True):
         super().__init__((n_slots, latent_dim), owns_bank)
         self.heads, self.latent_dim = heads, latent_dim
-        self.proj = ZeroInitLinear(heads * latent_dim, hidden_size)
+        self.proj = HiveProjection(heads * latent_dim, hidden_size)
 
     def forward(self, slots, weights, shared_bank=None, head_mask=None):
         n_tokens = slots.shape[0]

@@ -13,7 +13,9 @@ from ..schema import Strict, YamlModel
 from .lora import LoraSettings
 
 # Fields that do not change what a run computes: a run folder may be resumed with other values.
-RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers")
+RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers", "memory_probe")
+# fields added after run folders existed: left out of a run's identity at their default, so those runs resume
+LATER_FIELDS = {"lora": None, "projection_group": "scheduled"}
 RUNTIME_DATA_FIELDS = ("cache_dir", "num_proc")
 
 
@@ -86,6 +88,9 @@ class TrainConfig(YamlModel):
 
     lr: float = Field(3e-4, gt=0, description="maximum learning rate of the scheduled (non-memory) parameters")
     memory_lr: float | None = Field(None, gt=0, description="learning rate of memory sub-keys and banks, constant, no schedule (default: lr)")
+    projection_group: Literal["scheduled", "memory"] = Field(
+        "scheduled", description="HIVE's projections P: scheduled like the backbone (with weight decay), or in the "
+                                 "memory group (memory_lr, constant, no weight decay)")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine decays to lr * min_lr_ratio")
     warmup: float = Field(0.01, ge=0, description="linear warmup: a fraction of the steps if < 1, else a number of steps")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay of scheduled matrices (never of norms, biases or memory)")
@@ -113,6 +118,9 @@ class TrainConfig(YamlModel):
                        "for models that do not fit one device; otherwise every process holds a replica (DDP)")
     fsdp_config: dict[str, Any] = Field({}, description="FSDP options, as the Trainer's `fsdp_config` (e.g. {cpu_offload: true})")
     dataloader_workers: int = Field(0, ge=0, description="data-loading worker processes")
+    memory_probe: bool = Field(True, description="at every evaluation, per memory (or pkm) block: the memory's share of "
+                               "the residual stream and the held-out loss change when its memory is removed "
+                               "(`eval_memory_*` in metrics.jsonl; one extra pass over the held-out sequences per block)")
 
     @model_validator(mode="after")
     def _budget(self):
@@ -155,11 +163,10 @@ class TrainConfig(YamlModel):
         return self.lora or LoraSettings()
 
     def identity(self) -> dict:
-        """What defines the run: everything but the runtime fields (and no `lora` key in a run without
-        LoRA, so that run folders written before LoRA existed keep their fingerprint)."""
+        """What defines the run: everything but the runtime fields (and no key of a later field at its
+        default, so that run folders written before it existed keep their fingerprint)."""
         exclude = {**dict.fromkeys(RUNTIME_FIELDS, True), "data": set(RUNTIME_DATA_FIELDS)}
-        if self.lora is None:
-            exclude["lora"] = True
+        exclude.update({name: True for name, default in LATER_FIELDS.items() if getattr(self, name) == default})
         return self.model_dump(mode="json", exclude=exclude)
 
     def fingerprint(self) -> str:

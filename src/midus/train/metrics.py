@@ -1,6 +1,17 @@
-"""The loss curve of a run, from its metrics records."""
+"""The run's loss plot: training and held-out loss, and, for a model with memory, what the memory
+contributes at every evaluation (its share of the residual stream and the loss change without it)."""
 
 from pathlib import Path
+
+MEMORY_PANELS = (("eval_memory_share/", "memory share ||m|| / ||x||"),
+                 ("eval_memory_removal/", "held-out loss change without\nthe memory (nats/token)"))
+
+
+def memory_curves(evals: list[tuple[float, dict]], prefix: str) -> dict[str, list[tuple[float, float]]]:
+    """{block label: [(tokens, value)]} of one `eval_memory_*` kind, blocks in layer order, `mean`/`all` last."""
+    keys = sorted({key for _, record in evals for key in record if key.startswith(prefix)},
+                  key=lambda key: (not key[len(prefix):].isdigit(), int(key[len(prefix):]) if key[len(prefix):].isdigit() else 0))
+    return {key[len(prefix):]: [(tokens, record[key]) for tokens, record in evals if key in record] for key in keys}
 
 
 def plot_loss(records: list[dict], path: Path) -> None:
@@ -14,15 +25,25 @@ def plot_loss(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tokens_per_step = train[-1][0] / max(1, next(r["step"] for r in reversed(records) if r.get("kind") == "train"))
-    held_out = [(r["step"] * tokens_per_step, r["eval_loss"]) for r in records if r.get("kind") == "eval"]
-    figure, axis = plt.subplots(figsize=(7, 4))
+    evals = [(r["step"] * tokens_per_step, r) for r in records if r.get("kind") == "eval"]
+    panels = [(prefix, label, curves) for prefix, label in MEMORY_PANELS if (curves := memory_curves(evals, prefix))]
+    figure, axes = plt.subplots(1 + len(panels), 1, figsize=(7, 4 + 2.5 * len(panels)), sharex=True, squeeze=False)
+    axis = axes[0, 0]
     axis.plot(*zip(*train), label="train loss", linewidth=1)
-    if held_out:
-        axis.plot(*zip(*held_out), "o-", label="held-out loss")
-    axis.set_xlabel("training tokens")
+    if evals:
+        axis.plot([tokens for tokens, _ in evals], [r["eval_loss"] for _, r in evals], "o-", label="held-out loss")
     axis.set_ylabel("cross-entropy (nats/token)")
-    axis.grid(alpha=0.3)
     axis.legend()
+    for (prefix, label, curves), row in zip(panels, axes[1:]):
+        for block, points in curves.items():
+            summary = not block.isdigit()
+            row[0].plot(*zip(*points), "o-" if summary else ".-", color="black" if summary else None,
+                        linewidth=2 if summary else 0.8, label=block if summary else f"layer {block}")
+        row[0].set_ylabel(label)
+        row[0].legend(fontsize=6, ncol=4)
+    for row in axes:
+        row[0].grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("training tokens")
     figure.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     figure.savefig(tmp, dpi=120)

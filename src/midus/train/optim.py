@@ -1,6 +1,7 @@
 """The paper's optimiser rule, as AdamW parameter groups with one learning-rate schedule per group.
 
     memory  (sub-keys, latent bank / value tables)   lr = memory_lr at every step, weight decay 0
+            (+ HIVE's projections P with projection_group: memory)
     decay   (every other matrix)                      warmup + cosine to a floor, weight decay
     no_decay (norms, biases, other vectors)           warmup + cosine to a floor, weight decay 0
 """
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..model.hml import HeadwiseMemoryLayer, ProductKeyMemory
-from ..parameters import memory_parameter_names, new_block_parameter_names
+from ..parameters import hive_projection_names, memory_parameter_names, new_block_parameter_names
 
 # prefixes wrappers (DDP, FSDP, activation checkpointing, torch.compile) put in front of parameter names
 WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -50,9 +51,13 @@ def select_trainable(model: nn.Module, trainable: str) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def parameter_groups(model: nn.Module, lr: float, memory_lr: float, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, lr: float, memory_lr: float, weight_decay: float,
+                     projection_group: str = "scheduled") -> list[dict]:
     """AdamW groups of the trainable parameters; `scheduled` says whether the group's LR is scheduled."""
-    memory = {canonical_name(name) for name in memory_parameter_names(model)}
+    memory = memory_parameter_names(model)
+    if projection_group == "memory":
+        memory |= hive_projection_names(model)
+    memory = {canonical_name(name) for name in memory}
     groups = {
         "decay": dict(lr=lr, weight_decay=weight_decay, scheduled=True),
         "no_decay": dict(lr=lr, weight_decay=0.0, scheduled=True),
@@ -91,7 +96,8 @@ class Constant:
 
 
 def build_optimizer(model: nn.Module, config) -> torch.optim.AdamW:
-    groups = parameter_groups(model, config.lr, config.memory_lr or config.lr, config.weight_decay)
+    groups = parameter_groups(model, config.lr, config.memory_lr or config.lr, config.weight_decay,
+                              config.projection_group)
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, fused=True)
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from tqdm.auto import tqdm
@@ -17,6 +18,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..checkpoint import write_checksums, write_error
 from ..errors import MidusError
+from .memory_probe import memory_probe
 from .optim import build_optimizer, build_scheduler
 from .preemption import PreemptionFlag
 from .rundir import RunFolder
@@ -99,6 +101,29 @@ class MidusTrainer(Trainer):
                     f"the loss became {step_loss.item()} at step {self.state.global_step + 1}; stopped before updating "
                     f"the weights; last good checkpoint: {last or 'none'}. Lower lr, check the data, or use precision fp32")
         return loss
+
+    # --- evaluation: the held-out loss, and what the memory contributes ------------------------------
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.train_config.memory_probe:
+            self.model.eval()
+            probe = memory_probe(self.model, dataloader, self.held_out_nll, self.summed_over_processes)
+            output.metrics.update({f"{metric_key_prefix}_memory_{key}": value for key, value in probe.items()})
+        return output
+
+    def held_out_nll(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token NLL and scored tokens of one held-out batch, at the training precision."""
+        batch = self._prepare_inputs(batch)
+        with self.compute_loss_context_manager():
+            logits = self.model(input_ids=batch["input_ids"], use_cache=False).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        return nll, (labels != -100).sum()
+
+    def summed_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(values.to(self.args.device), "sum").cpu()
 
     # --- atomic, checksummed checkpoints -------------------------------------------------------------
 
