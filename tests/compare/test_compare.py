@@ -98,6 +98,24 @@ def test_before_cpt_paired_tests_and_the_analysis(compared):
     assert "| SOLAR |" in markdown.split("## Before CPT")[1] and "| LLaMA Pro = base |" in markdown
 
 
+def test_the_memory_probe_reaches_the_report(compared):
+    out, report = compared
+    runs = {r.method: r for r in report.runs}
+    assert {m for m, r in runs.items() if r.cpt is not None and r.cpt.memory} == {"pkm", "midus"}
+    for method in ("pkm", "midus"):
+        records = [json.loads(line) for line in (out / "work" / f"{method}-seed0" / "cpt" / "metrics.jsonl").open()]
+        last = [r for r in records if r["kind"] == "eval"][-1]
+        memory = runs[method].cpt.memory
+        assert memory["share/mean"] == last["eval_memory_share/mean"] > 0
+        assert memory["removal/all"] == last["eval_memory_removal/all"]
+        assert len([k for k in memory if k.startswith("share/") and k[6:].isdigit()]) == 2
+        assert runs[method].cpt.memory_curve[-1] == (4096, memory["share/mean"], memory["removal/all"])
+        assert runs[method].cpt.tokens_per_s > 0
+    section = (out / "results.md").read_text().split("## Memory during CPT")[1].split("\n## ")[0]
+    assert "| PKM | 0 | 2 |" in section and "| MIDUS (HML) | 0 | 2 |" in section and "LLaMA Pro" not in section
+    assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_report_files_follow_the_schema(compared):
     out, report = compared
     parsed = CompareReport.model_validate(json.loads((out / "results.json").read_text()))

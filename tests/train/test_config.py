@@ -56,7 +56,7 @@ def test_overrides_and_run_identity(tmp_path):
     assert config.model_copy(update={"keep_checkpoints": 5, "output_dir": "elsewhere"}).fingerprint() == config.fingerprint()
     assert config.model_copy(update={"seed": 1}).fingerprint() != config.fingerprint()
     # the memory probe is logging only; a field added later is not in the identity at its default
-    assert config.model_copy(update={"memory_probe": False}).fingerprint() == config.fingerprint()
+    assert config.model_copy(update={"memory_probe_sequences": 0}).fingerprint() == config.fingerprint()
     assert "projection_group" not in config.identity()
     assert config.model_copy(update={"projection_group": "memory"}).fingerprint() != config.fingerprint()
     with pytest.raises(TrainConfigError, match="expected KEY=VALUE"):

@@ -76,6 +76,9 @@ class WikipediaSpec(Strict):
     validation: float = Field(0.05, gt=0, lt=1, description="share of the articles for validation (choosing settings)")
     heldout: float = Field(0.1, gt=0, lt=1, description="share of the articles held out for the final figures")
     language: Literal["en-us", "es-es", "fr-fr"] = "en-us"
+    evaluate_on: Literal["heldout", "validation"] = Field(
+        "heldout", description="the articles of Wiki-PPL and the analyses: heldout for the final figures, validation "
+                               "for choosing settings (an ablation), so the final articles are never tuned on")
 
     @model_validator(mode="after")
     def _split(self):

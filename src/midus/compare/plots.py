@@ -49,6 +49,30 @@ def loss_curves(report: CompareReport, path: Path) -> Path | None:
     return path
 
 
+def memory_use(report: CompareReport, path: Path) -> Path | None:
+    """The memory probe over CPT: mean share of the residual stream, and the loss change without the memory."""
+    first = report.experiment["seeds"][0]
+    runs = [r for r in report.runs if r.seed == first and r.cpt is not None and r.cpt.memory_curve]
+    if not runs:
+        return None
+    plt = _pyplot()
+    figure, (share, removal) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for r in runs:
+        tokens, shares, removals = zip(*r.cpt.memory_curve)
+        share.plot(tokens, shares, "o-", color=COLORS.get(r.method), label=label(r.method))
+        removal.plot(tokens, removals, "o-", color=COLORS.get(r.method), label=label(r.method))
+    share.set_ylabel("memory share ||m|| / ||x|| (mean over blocks)")
+    removal.set_ylabel("held-out Δloss, every memory removed (nats/token)")
+    for axis in (share, removal):
+        axis.set_xlabel("CPT tokens")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"Does the memory get used? Seed {first}, at every CPT evaluation")
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
 def params_vs_perplexity(report: CompareReport, path: Path) -> Path | None:
     kind = next((k for k in ("document", "rolling") if any(k in r.perplexity for r in report.rows)), None)
     runs = [r for r in report.rows if r.params_added is not None and kind in r.perplexity and r.method != "base"]
@@ -153,5 +177,6 @@ def before_after(report: CompareReport, path: Path) -> Path | None:
 def write_plots(report: CompareReport, out_dir: Path) -> list[Path]:
     made = [loss_curves(report, out_dir / "cpt_loss.png"), params_vs_perplexity(report, out_dir / "params_vs_ppl.png"),
             before_after(report, out_dir / "before_after_ppl.png"),
-            accuracy_bars(report, out_dir / "accuracy.png"), latency_bars(report, out_dir / "latency.png")]
+            accuracy_bars(report, out_dir / "accuracy.png"), latency_bars(report, out_dir / "latency.png"),
+            memory_use(report, out_dir / "memory.png")]
     return [p for p in made if p is not None]

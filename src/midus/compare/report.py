@@ -56,6 +56,11 @@ class Cpt(BaseModel):
     eval_loss: float | None = Field(description="held-out loss at the end of CPT (the trainer's own evaluation)")
     curve: list[tuple[int, float]] = Field(description="(training tokens, training loss) per log step")
     eval_curve: list[tuple[int, float]] = Field(description="(training tokens, held-out loss) per evaluation")
+    tokens_per_s: float | None = Field(None, description="median training tokens/s over the logged steps (CPT itself)")
+    memory: dict[str, float] = Field({}, description="the memory probe at the last evaluation (midus.train.memory_probe): "
+                                                     "share/<layer>, share/mean, removal/<layer>, removal/all")
+    memory_curve: list[tuple[int, float, float]] = Field(
+        [], description="(training tokens, mean memory share, loss change with every memory removed) per evaluation")
 
 
 class TaskScore(BaseModel):
@@ -427,6 +432,32 @@ def paired_lines(report: CompareReport) -> list[str]:
     return out + [""]
 
 
+def memory_lines(report: CompareReport) -> list[str]:
+    """The memory probe of every run with memory blocks at the end of CPT: does the memory get used?"""
+    runs = [r for r in report.runs if r.cpt is not None and r.cpt.memory]
+    if not runs:
+        return []
+    lines = ["## Memory during CPT", "",
+             "At CPT's last evaluation, on its held-out sequences: the memory's share of the residual stream "
+             "(mean over tokens of ‖m‖ / ‖x‖, m the memory's output, x the stream it is added to), and the held-out "
+             "loss change when the memory is removed (every memory block at once, and the block that matters most). "
+             "Figure: `memory.png`.", "",
+             "| Method | Seed | Memory blocks | Share, mean | Share, max | Δloss without memory (nats) | "
+             "Δloss, one block (max) | Share at each evaluation | CPT tok/s | Wall s (grow, CPT, eval) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for run in runs:
+        memory = run.cpt.memory
+        shares = [v for k, v in memory.items() if k.startswith("share/") and k[6:].isdigit()]
+        removals = {k[8:]: v for k, v in memory.items() if k.startswith("removal/") and k[8:].isdigit()}
+        top = max(removals, key=lambda k: abs(removals[k]))
+        curve = ", ".join(f"{share:.3g}" for _, share, _ in run.cpt.memory_curve)
+        wall = sum(st.seconds for st in report.stages if st.method == run.method and st.seed == run.seed)
+        lines.append(f"| {label(run.method)} | {run.seed} | {len(shares)} | {memory['share/mean']:.3g} | {max(shares):.3g} | "
+                     f"{memory['removal/all']:+.4f} | {removals[top]:+.4f} (layer {top}) | {curve} | "
+                     f"{_num(run.cpt.tokens_per_s, '.0f')} | {wall:.0f} |")
+    return lines + [""]
+
+
 def analysis_lines(report: CompareReport) -> list[str]:
     out = []
     for method, analysis in report.analyses.items():
@@ -450,7 +481,7 @@ def to_markdown(report: CompareReport) -> str:
             f"tok/s and decode latency: `midus bench` in one process, models interleaved in {bench.get('rounds', '—')} "
             f"rounds of {bench.get('repeats', '—')} timed runs, {bench.get('threads') or 'default'} thread(s), models "
             f"of seed {seeds[0] if seeds else '?'}. (×) = ratio to {label(report.reference)}.", ""]
-    out += before_table(report) + paired_lines(report) + analysis_lines(report) + ["## Setup", ""]
+    out += before_table(report) + paired_lines(report) + memory_lines(report) + analysis_lines(report) + ["## Setup", ""]
     base = report.base
     if base:
         out.append(f"- Base: `{base.get('name')}`, {base.get('layers')} blocks, {base.get('parameters', 0):,} parameters"
@@ -462,6 +493,9 @@ def to_markdown(report: CompareReport) -> str:
                           + f", {c['characters']:,} chars" + (f", {c['tokens']:,} tokens" if c.get("tokens") else "")
                           for part, c in report.corpus.items())
         out.append(f"- Corpus ({what}): {parts}.")
+        if (e.get("wikipedia") or {}).get("evaluate_on") == "validation":
+            out.append("- Wiki-PPL on the **validation** articles (for choosing settings), not on the held-out ones of "
+                       "the final figures.")
     cpt = e.get("cpt", {})
     overrides = "; ".join(f"{m['name']}: {m['cpt']}" for m in e.get("methods", []) if m.get("cpt"))
     out.append(f"- CPT, the same for every method: {cpt.get('max_tokens') or cpt.get('max_steps')} "

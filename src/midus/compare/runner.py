@@ -172,7 +172,8 @@ class Comparison:
             from ..data.wikipedia import WikipediaSettings, load_wikipedia
 
             with self.stage("corpus"):
-                self.corpus = load_wikipedia(WikipediaSettings(**e.wikipedia.model_dump()), self.cache_dir)
+                split = WikipediaSettings(**e.wikipedia.model_dump(exclude={"evaluate_on"}))
+                self.corpus = load_wikipedia(split, self.cache_dir)
                 self.report.corpus = self.corpus.stats()
                 self.console.print(f"Wikipedia at {self.corpus.folder}: " + ", ".join(
                     f"{p} {c['documents']} articles" for p, c in self.report.corpus.items()))
@@ -215,7 +216,8 @@ class Comparison:
 
         e, spec = self.experiment, self.experiment.evaluation
         tasks, include = list(spec.tasks), [str(e.path(p)) for p in spec.include_paths]
-        heldout = self.corpus.texts("heldout") if self.corpus is not None else None
+        part = e.wikipedia.evaluate_on if e.wikipedia is not None else "heldout"
+        heldout = self.corpus.texts(part) if self.corpus is not None else None
         self.ppl_documents = None
         if spec.perplexity is not None:
             documents = load_documents(spec.perplexity.data) if spec.perplexity.data else heldout
@@ -312,12 +314,21 @@ class Comparison:
         tokens_per_step = config.tokens_per_step
         records = RunFolder(run_dir).records()
         train_records = [r for r in records if r.get("kind") == "train"]
-        evals = [(r["step"] * tokens_per_step, r["eval_loss"]) for r in records if r.get("kind") == "eval"]
+        eval_records = [r for r in records if r.get("kind") == "eval"]
+        evals = [(r["step"] * tokens_per_step, r["eval_loss"]) for r in eval_records]
+        memory = {k.removeprefix("eval_memory_"): v for k, v in (eval_records[-1] if eval_records else {}).items()
+                  if k.startswith("eval_memory_")}
+        memory_curve = [(r["step"] * tokens_per_step, r["eval_memory_share/mean"], r["eval_memory_removal/all"])
+                        for r in eval_records if "eval_memory_share/mean" in r]
         summary = next((r for r in records if r.get("kind") == "summary"), {})
         return Cpt(tokens=config.total_steps * tokens_per_step, steps=config.total_steps,
                    seconds=summary.get("train_runtime"), final_loss=train_records[-1]["loss"] if train_records else None,
                    eval_loss=evals[-1][1] if evals else None,
-                   curve=[(r["tokens"], r["loss"]) for r in train_records], eval_curve=evals)
+                   curve=[(r["tokens"], r["loss"]) for r in train_records], eval_curve=evals,
+                   tokens_per_s=statistics.median(rates) if (rates := [r["tokens_per_s"] for r in train_records
+                                                                         if "tokens_per_s" in r]) else None,
+                   memory=memory,
+                   memory_curve=memory_curve)
 
     def evaluate(self, folder: Path | str, state: StageState) -> Scores:
         """Perplexities and tasks with every item's score (from the stage's saved result on a rerun)."""

@@ -13,7 +13,7 @@ from ..schema import Strict, YamlModel
 from .lora import LoraSettings
 
 # Fields that do not change what a run computes: a run folder may be resumed with other values.
-RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers", "memory_probe")
+RUNTIME_FIELDS = ("output_dir", "report_to", "keep_checkpoints", "dataloader_workers", "memory_probe_sequences")
 # fields added after run folders existed: left out of a run's identity at their default, so those runs resume
 LATER_FIELDS = {"lora": None, "projection_group": "scheduled"}
 RUNTIME_DATA_FIELDS = ("cache_dir", "num_proc")
@@ -118,9 +118,10 @@ class TrainConfig(YamlModel):
                        "for models that do not fit one device; otherwise every process holds a replica (DDP)")
     fsdp_config: dict[str, Any] = Field({}, description="FSDP options, as the Trainer's `fsdp_config` (e.g. {cpu_offload: true})")
     dataloader_workers: int = Field(0, ge=0, description="data-loading worker processes")
-    memory_probe: bool = Field(True, description="at every evaluation, per memory (or pkm) block: the memory's share of "
-                               "the residual stream and the held-out loss change when its memory is removed "
-                               "(`eval_memory_*` in metrics.jsonl; one extra pass over the held-out sequences per block)")
+    memory_probe_sequences: int = Field(
+        8, ge=0, description="at every evaluation, on this many of the held-out sequences, per memory (or pkm) block: "
+                             "the memory's share of the residual stream and the loss change when its memory is removed "
+                             "(`eval_memory_*` in metrics.jsonl; one extra pass per block); 0: off")
 
     @model_validator(mode="after")
     def _budget(self):

@@ -107,9 +107,10 @@ class MidusTrainer(Trainer):
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if self.train_config.memory_probe:
+        if self.train_config.memory_probe_sequences:
             self.model.eval()
-            probe = memory_probe(self.model, dataloader, self.held_out_nll, self.summed_over_processes)
+            batches = first_sequences(dataloader, math.ceil(self.train_config.memory_probe_sequences / self.args.world_size))
+            probe = memory_probe(self.model, batches, self.held_out_nll, self.summed_over_processes)
             output.metrics.update({f"{metric_key_prefix}_memory_{key}": value for key, value in probe.items()})
         return output
 
@@ -163,6 +164,17 @@ class MidusTrainer(Trainer):
         if "eval_loss" in logs:
             logs["eval_ppl"] = math.exp(logs["eval_loss"]) if logs["eval_loss"] < 700 else math.inf
         super().log(logs, start_time)
+
+
+def first_sequences(batches, count: int) -> list[dict]:
+    """The batches holding the first `count` sequences (the last one cut to size)."""
+    taken = []
+    for batch in batches:
+        if count <= 0:
+            break
+        taken.append({key: value[:count] for key, value in batch.items()})
+        count -= len(batch["input_ids"])
+    return taken
 
 
 class TrainingClock(TrainerCallback):
