@@ -6,8 +6,7 @@ import torch
 
 import midus
 from midus import Recipe
-
-TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
+from model_helpers import TINY_MEMORY
 
 
 def grow(base_dir, method="midus", placement="top-heavy", new_blocks=2, **memory):

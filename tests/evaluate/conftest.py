@@ -9,8 +9,7 @@ from midus.checkpoint import save_model
 from midus.evaluate import MC_TASK, PPL_TASK, TAG, write_heldout_tasks
 from midus.evaluate.harness import LOCAL_TASKS, task_manager
 from midus.load import load_model
-
-TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
+from model_helpers import TINY_MEMORY
 
 
 def stdlib_docstrings() -> list[str]:

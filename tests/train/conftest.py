@@ -10,9 +10,8 @@ from midus import Recipe
 from midus.tiny import _sample_text
 from midus.train import train
 from midus.upscale import upscale_to_folder
+from model_helpers import TINY_MEMORY
 from train_helpers import tiny_config
-
-TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
 
 
 @pytest.fixture(scope="session")

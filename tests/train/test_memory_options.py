@@ -8,9 +8,9 @@ from midus import Recipe
 from midus.train import train
 from midus.train.rundir import RunFolder
 from midus.upscale import upscale_to_folder
+from model_helpers import TINY_MEMORY
 from train_helpers import tiny_config
 
-TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
 VARIANTS = {
     "zero-proj": ({}, {}),
     "zero-bank": ({"zero_init": "bank"}, {}),

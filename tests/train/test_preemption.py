@@ -17,7 +17,7 @@ from midus.train.rundir import RunFolder
 from midus.train.trainer import MidusTrainer
 
 from test_resume import assert_same_run, copy_run_config
-from train_helpers import midus_command, tiny_config, write_config
+from train_helpers import midus_command, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,14 @@ import json
 import pytest
 import yaml
 from typer.testing import CliRunner
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from midus.cli import app
 from midus.recipe import RECIPE_FILE
-from midus.tiny import write_tiny_llama
 from cli_helpers import assert_one_line_error
+from model_helpers import TINY_MEMORY
 
 runner = CliRunner()
-TINY_MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
 
 
 def write_recipe(tmp_path, **fields):

@@ -106,6 +106,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config) -> torch.optim.lr_
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, [scheduled if group["scheduled"] else Constant() for group in optimizer.param_groups])
 
-
-def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    return {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}

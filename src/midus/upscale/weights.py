@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from ..checkpoint import DTYPES, first_line, load_base, resolve
 from ..errors import MidusError
@@ -51,13 +51,6 @@ class BaseWeights:
             return state[key]
 
         return cls(model.config, model.dtype, model.device, read, getattr(model, "name_or_path", "") or "base")
-
-    @classmethod
-    def from_config(cls, config, dtype: torch.dtype) -> "BaseWeights":
-        """Shapes only: the base built on the meta device from its config."""
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return cls.from_model(model)
 
     @classmethod
     def from_safetensors(cls, folder: str | Path, config, dtype: torch.dtype, name: str) -> "BaseWeights":
