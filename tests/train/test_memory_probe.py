@@ -114,3 +114,13 @@ def test_training_logs_the_probe_at_every_evaluation(reference_run):
     assert final["eval_memory_share/mean"] > 0  # P grew from zero
     curves = memory_curves([(r["step"] * config.tokens_per_step, r) for r in evals], "eval_memory_share/")
     assert list(curves) == [*layers, "mean"] and len(curves["mean"]) == 2
+
+
+def test_the_probe_takes_the_first_sequences_of_the_held_out_batches():
+    from midus.train.trainer import first_sequences
+
+    batches = [{"input_ids": torch.arange(8).view(4, 2) + 8 * i, "labels": torch.zeros(4, 2)} for i in range(3)]
+    taken = first_sequences(batches, 6)
+    assert [len(b["input_ids"]) for b in taken] == [4, 2] and [len(b["labels"]) for b in taken] == [4, 2]
+    assert torch.equal(torch.cat([b["input_ids"] for b in taken]), torch.arange(12).view(6, 2))
+    assert len(first_sequences(batches, 100)) == 3
