@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from midus.train.memory_probe import memory_probe, memory_sites
 from midus.train.metrics import memory_curves
 from midus.train.rundir import RunFolder
+from midus.train.trainer import first_sequences
 from model_helpers import grow, random_memory, tokens
 
 
@@ -117,8 +118,6 @@ def test_training_logs_the_probe_at_every_evaluation(reference_run):
 
 
 def test_the_probe_takes_the_first_sequences_of_the_held_out_batches():
-    from midus.train.trainer import first_sequences
-
     batches = [{"input_ids": torch.arange(8).view(4, 2) + 8 * i, "labels": torch.zeros(4, 2)} for i in range(3)]
     taken = first_sequences(batches, 6)
     assert [len(b["input_ids"]) for b in taken] == [4, 2] and [len(b["labels"]) for b in taken] == [4, 2]
