@@ -37,8 +37,9 @@ def memory_sites(model: nn.Module) -> dict[int, tuple[nn.Module, nn.Module]]:
 
 
 @contextmanager
-def recorded_shares(sites: dict[int, tuple[nn.Module, nn.Module]], totals: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Adds each site's summed ||m|| / ||x|| over tokens to totals[index] (tokens counted under -1)."""
+def recorded_shares(sites: dict[int, tuple[nn.Module, nn.Module]], sums: dict[int, torch.Tensor],
+                    counts: dict[int, int]) -> Iterator[None]:
+    """Adds each site's summed ||m|| / ||x|| over tokens to sums[index], and its tokens to counts[index]."""
     streams = {}
 
     def keep_stream(index):
@@ -50,9 +51,8 @@ def recorded_shares(sites: dict[int, tuple[nn.Module, nn.Module]], totals: dict[
         def hook(module, args, output):
             x, m = streams.pop(index).float(), output.detach().float()
             ratio = m.norm(dim=-1) / x.norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
-            totals[index] = totals.get(index, 0) + ratio.sum()
-            if index == min(sites):
-                totals[-1] = totals.get(-1, 0) + ratio.numel()
+            sums[index] = sums.get(index, 0) + ratio.sum()
+            counts[index] = counts.get(index, 0) + ratio.numel()
         return hook
 
     with ExitStack() as hooks:
@@ -90,12 +90,13 @@ def memory_probe(model: nn.Module, batches: Iterable[dict], batch_loss: BatchLos
     sites = memory_sites(model)
     if not sites:
         return {}
-    totals: dict[int, torch.Tensor] = {}
-    with recorded_shares(sites, totals):
+    sums, counts = {}, {}
+    with recorded_shares(sites, sums, counts):
         baseline = mean_loss(batches, batch_loss, reduce)
-    summed = reduce(torch.stack([torch.as_tensor(totals[index]).float() for index in [-1, *sites]]))
-    metrics = {f"share/{index}": (value / summed[0]).item() for index, value in zip(sites, summed[1:])}
-    metrics["share/mean"] = (summed[1:].mean() / summed[0]).item()
+    shares = (reduce(torch.stack([torch.as_tensor(sums[index]).float() for index in sites]))
+              / reduce(torch.tensor([float(counts[index]) for index in sites])))
+    metrics = {f"share/{index}": share.item() for index, share in zip(sites, shares)}
+    metrics["share/mean"] = shares.mean().item()
     for index, (_, memory) in sites.items():
         with removed([memory]):
             metrics[f"removal/{index}"] = mean_loss(batches, batch_loss, reduce) - baseline

@@ -9,9 +9,10 @@ MEMORY_PANELS = (("eval_memory_share/", "memory share ||m|| / ||x||"),
 
 def memory_curves(evals: list[tuple[float, dict]], prefix: str) -> dict[str, list[tuple[float, float]]]:
     """{block label: [(tokens, value)]} of one `eval_memory_*` kind, blocks in layer order, `mean`/`all` last."""
-    keys = sorted({key for _, record in evals for key in record if key.startswith(prefix)},
-                  key=lambda key: (not key[len(prefix):].isdigit(), int(key[len(prefix):]) if key[len(prefix):].isdigit() else 0))
-    return {key[len(prefix):]: [(tokens, record[key]) for tokens, record in evals if key in record] for key in keys}
+    blocks = {key.removeprefix(prefix) for _, record in evals for key in record if key.startswith(prefix)}
+    ordered = sorted((b for b in blocks if b.isdigit()), key=int) + sorted(b for b in blocks if not b.isdigit())
+    return {block: [(tokens, record[prefix + block]) for tokens, record in evals if prefix + block in record]
+            for block in ordered}
 
 
 def plot_loss(records: list[dict], path: Path) -> None:
