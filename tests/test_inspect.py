@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 import midus.inspect as inspect_module
 from midus.cli import app
 from midus.inspect import describe, inspect
+from midus.recipe import METHODS
 
 RECIPES = Path(__file__).parents[1] / "recipes"
-METHODS = ("none", "solar", "llama-pro", "lesa", "pkm", "midus")
 # published shapes (written here, nothing downloaded)
 PAPER = {
     "1b": dict(d=2048, d_ff=8192, L=16, heads=32, kv=8, vocab=128256, tied=True, K=8, r=64),

@@ -14,7 +14,6 @@ from .model.configuration_midus import MEMORY_DEFAULTS, MIN_SIZES, QUERY_NORMS, 
 from .schema import Strict, YamlModel
 
 METHODS = ("none", "solar", "llama-pro", "lesa", "pkm", "midus")
-DUS_METHODS = ("none", "solar", "llama-pro", "lesa")
 MEMORY_METHODS = ("pkm", "midus")
 PLACEMENTS = ("distributed", "top-heavy", "bottom-heavy")
 RECIPE_FILE = "midus_recipe.yaml"
@@ -77,13 +76,13 @@ class Recipe(YamlModel):
     error: ClassVar[type[UsageError]] = RecipeError
 
     base: str = Field(description="hub id or local folder of a Llama-family decoder (llama, mistral, qwen2, qwen3)")
-    method: Literal["none", "solar", "llama-pro", "lesa", "pkm", "midus"] = Field(
+    method: Literal[METHODS] = Field(
         "midus", description="none: no growth (CPT-Base); solar: two overlapping copies; llama-pro: zeroed copies; "
                              "lesa: predicted layers; pkm: product-key memory FFN blocks; midus: memory blocks")
     new_blocks: int = Field(
         0, ge=0, strict=True,
         description="K: blocks added to the L of the base, 1 <= K < L (none: 0; solar: L - 2m, may be left 0 to follow m)")
-    placement: Literal["distributed", "top-heavy", "bottom-heavy"] | list[int] = Field(
+    placement: Literal[PLACEMENTS] | list[int] = Field(
         "top-heavy", description="where new blocks go, each after a source block: distributed (after every (L/K)-th), "
                                  "top-heavy (after L-K-1 .. L-2), bottom-heavy (after 0 .. K-1), or a list of K source "
                                  "block indices in [0, L)")

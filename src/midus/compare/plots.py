@@ -4,10 +4,17 @@ renamed, so no PNG is ever half-written."""
 
 from pathlib import Path
 
+from ..upscale.registry import METHODS
 from .report import CompareReport, label
 
-COLORS = {"none": "tab:gray", "solar": "tab:orange", "llama-pro": "tab:blue", "lesa": "tab:purple",
-          "pkm": "tab:brown", "midus": "tab:red", "base": "black"}
+BASE_COLOR = "black"
+
+
+def color(method: str, default: str | None = None) -> str | None:
+    """The method's plot colour (the registry's), black for the base."""
+    if method == "base":
+        return BASE_COLOR
+    return METHODS[method].color if method in METHODS else default
 
 
 def _pyplot():
@@ -35,10 +42,10 @@ def loss_curves(report: CompareReport, path: Path) -> Path | None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 5))
     for r in runs:
-        color = COLORS.get(r.method)
-        axis.plot(*zip(*r.cpt.curve), color=color, linewidth=1.2, label=f"{label(r.method)} train")
+        line_color = color(r.method)
+        axis.plot(*zip(*r.cpt.curve), color=line_color, linewidth=1.2, label=f"{label(r.method)} train")
         if r.cpt.eval_curve:
-            axis.plot(*zip(*r.cpt.eval_curve), "o--", color=color, markersize=4, linewidth=0.8)
+            axis.plot(*zip(*r.cpt.eval_curve), "o--", color=line_color, markersize=4, linewidth=0.8)
     axis.set_xlabel("CPT tokens")
     axis.set_ylabel("cross-entropy (nats/token)")
     axis.set_title(f"Continued pre-training, seed {first}: training loss (solid), held-out loss (dashed)")
@@ -59,8 +66,8 @@ def memory_use(report: CompareReport, path: Path) -> Path | None:
     figure, (share, removal) = plt.subplots(1, 2, figsize=(11, 4.5))
     for r in runs:
         tokens, shares, removals = zip(*r.cpt.memory_curve)
-        share.plot(tokens, shares, "o-", color=COLORS.get(r.method), label=label(r.method))
-        removal.plot(tokens, removals, "o-", color=COLORS.get(r.method), label=label(r.method))
+        share.plot(tokens, shares, "o-", color=color(r.method), label=label(r.method))
+        removal.plot(tokens, removals, "o-", color=color(r.method), label=label(r.method))
     share.set_ylabel("memory share ||m|| / ||x|| (mean over blocks)")
     removal.set_ylabel("held-out Δloss, every memory removed (nats/token)")
     for axis in (share, removal):
@@ -82,7 +89,7 @@ def params_vs_perplexity(report: CompareReport, path: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(7, 5))
     for i, r in enumerate(sorted(runs, key=lambda r: (r.params_added, r.perplexity[kind]))):
         axis.errorbar(r.params_added / 1e3, r.perplexity[kind], yerr=r.perplexity_spread.get(kind), fmt="o",
-                      markersize=8, capsize=4, color=COLORS.get(r.method))
+                      markersize=8, capsize=4, color=color(r.method))
         axis.annotate(label(r.method), (r.params_added / 1e3, r.perplexity[kind]), textcoords="offset points",
                       xytext=(8, 8 if i % 2 else -12), fontsize=9)
     axis.margins(x=0.15, y=0.3)
@@ -112,7 +119,7 @@ def accuracy_bars(report: CompareReport, path: Path) -> Path | None:
         values = [100 * r.tasks[t].value if t in r.tasks else 0 for t in tasks]
         errors = [100 * max(r.tasks[t].stderr or 0, r.task_spread.get(t, 0)) if t in r.tasks else 0 for t in tasks]
         axis.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(tasks))], values, width, yerr=errors,
-                 capsize=2, color=COLORS.get(r.method), label=label(r.method))
+                 capsize=2, color=color(r.method), label=label(r.method))
     axis.set_xticks(range(len(tasks)), [f"{t}\n({rows[0].tasks[t].metric})" if t in rows[0].tasks else t for t in tasks],
                     fontsize=8)
     axis.set_ylabel("score (%) ↑")
@@ -134,7 +141,7 @@ def latency_bars(report: CompareReport, path: Path) -> Path | None:
     values = [f.decode_ms_per_token for f in figures]
     errors = [[f.decode_ms_per_token - f.decode_ms_low for f in figures],
               [f.decode_ms_high - f.decode_ms_per_token for f in figures]]
-    axis.bar(range(len(methods)), values, yerr=errors, capsize=4, color=[COLORS.get(m, "tab:blue") for m in methods])
+    axis.bar(range(len(methods)), values, yerr=errors, capsize=4, color=[color(m, "tab:blue") for m in methods])
     axis.set_xticks(range(len(methods)), [label(m) for m in methods], rotation=15)
     reference = report.bench.get(report.reference)
     for i, value in enumerate(values):
@@ -163,7 +170,7 @@ def before_after(report: CompareReport, path: Path) -> Path | None:
     axis.bar([i - 0.2 for i in x], [r.before_cpt.perplexity["document"] for r in runs], width=0.4, color="lightgray",
              edgecolor="black", label="before CPT (at insertion)")
     axis.bar([i + 0.2 for i in x], [r.perplexity["document"] for r in runs], width=0.4,
-             color=[COLORS.get(r.method, "tab:green") for r in runs], label="after CPT")
+             color=[color(r.method, "tab:green") for r in runs], label="after CPT")
     base = next((r for r in report.runs if r.method == "base"), None)
     if base is not None and "document" in base.perplexity:
         axis.axhline(base.perplexity["document"], color="black", linestyle="--", linewidth=1, label="base")

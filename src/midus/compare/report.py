@@ -21,15 +21,17 @@ import statistics
 
 from pydantic import BaseModel, Field
 
+from ..upscale.registry import METHODS
 from .stats import PairedTest, describe, format_p, paired_accuracy, paired_perplexity
 
 SCHEMA = "midus.compare/1"
-NAMES = {"base": "Base (no CPT)", "none": "CPT-Base", "solar": "SOLAR", "llama-pro": "LLaMA Pro", "lesa": "LESA",
-         "pkm": "PKM", "midus": "MIDUS (HML)"}
+BASE_LABEL = "Base (no CPT)"  # the runs named "base": the base itself, no growth, no CPT
 
 
 def label(method: str) -> str:
-    return NAMES.get(method, method)
+    if method == "base":
+        return BASE_LABEL
+    return METHODS[method].display if method in METHODS else method
 
 
 class StageRecord(BaseModel):

@@ -27,7 +27,7 @@ def upscale(base: "str | PreTrainedModel", recipe: Recipe) -> PreTrainedModel:
     else:
         check_family(base.config, recipe.base)
         weights = BaseWeights.from_model(base)
-    return METHODS[recipe.method](weights, recipe)
+    return METHODS[recipe.method].grow(weights, recipe)
 
 
 def meta_base(config, dtype: str = "float32") -> PreTrainedModel:
@@ -39,7 +39,7 @@ def meta_base(config, dtype: str = "float32") -> PreTrainedModel:
 def grow_on_meta(recipe: Recipe, config) -> PreTrainedModel:
     """The grown architecture from the base's config alone (no weights read, no memory)."""
     check_family(config, recipe.base)
-    return METHODS[recipe.method](BaseWeights.from_model(meta_base(config, recipe.dtype)), recipe)
+    return METHODS[recipe.method].grow(BaseWeights.from_model(meta_base(config, recipe.dtype)), recipe)
 
 
 def upscale_to_folder(recipe: Recipe, out_dir: str | Path) -> Path:
@@ -49,7 +49,7 @@ def upscale_to_folder(recipe: Recipe, out_dir: str | Path) -> Path:
     base_params = count_parameters(meta_base(config))
     grow_on_meta(recipe, config)  # every recipe error, before a single weight is read
     tokenizer = load_tokenizer(recipe.base)
-    grown = METHODS[recipe.method](open_base(recipe.base, config, recipe.dtype), recipe)
+    grown = METHODS[recipe.method].grow(open_base(recipe.base, config, recipe.dtype), recipe)
     grown.generation_config = base_generation_config(recipe.base, grown)
     with atomic_dir(out_dir) as folder:
         save_model(grown, tokenizer, folder)

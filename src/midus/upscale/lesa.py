@@ -88,7 +88,7 @@ def predict_layer(predictor: LayerPredictor, US: torch.Tensor, V: torch.Tensor, 
     return US @ V_new
 
 
-@register("lesa")
+@register("lesa", display="LESA", function_preserving=False, color="tab:purple")
 def grow_lesa(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     if base.num_layers < 3:
         raise RecipeError(f"lesa learns each layer from its two neighbours and needs a base of at least 3 blocks, not {base.num_layers}")

@@ -8,7 +8,7 @@ from .registry import register
 from .weights import BaseWeights
 
 
-@register("llama-pro")
+@register("llama-pro", display="LLaMA Pro", function_preserving=True, color="tab:blue")
 def grow_llama_pro(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     layout = insertion_layout(recipe, base.num_layers)
     model = grow_decoders(base, layout, recipe.seed)

@@ -8,7 +8,7 @@ from .registry import register
 from .weights import BaseWeights
 
 
-@register("midus")
+@register("midus", display="MIDUS (HML)", function_preserving=True, color="tab:red")
 def grow_midus(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     """A memory block takes the norm and q/k/v of its source block; its HML is new, with P = 0 so the
     grown model starts as the base."""

@@ -8,6 +8,6 @@ from .registry import register
 from .weights import BaseWeights
 
 
-@register("none")
+@register("none", display="CPT-Base", function_preserving=True, color="tab:gray")
 def grow_none(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     return grow_decoders(base, [(i, False) for i in range(base.num_layers)], recipe.seed)

@@ -8,7 +8,7 @@ from .registry import register
 from .weights import BaseWeights
 
 
-@register("pkm")
+@register("pkm", display="PKM", function_preserving=True, color="tab:brown")
 def grow_pkm(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     """A pkm block copies its source block's norms and attention; its FFN is a product-key memory
     (query projection, keys, a value table that starts at zero), and its o_proj is zeroed, so the

@@ -1,17 +1,26 @@
-"""The growth methods by name: grow(base_model, recipe) -> grown model."""
+"""The growth methods by name, each with its facts: how it grows a base and how reports show it."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
-from ..recipe import Recipe
 
-METHODS: dict[str, Callable[[PreTrainedModel, Recipe], PreTrainedModel]] = {}
+@dataclass(frozen=True)
+class Method:
+    name: str  # the recipe's `method`
+    grow: Callable[..., PreTrainedModel]  # grow(base: BaseWeights, recipe: Recipe) -> the grown model
+    display: str  # its name in tables and plots
+    function_preserving: bool  # the grown model computes what the base does, before any training
+    color: str  # its matplotlib colour in every plot
 
 
-def register(name: str):
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, display: str, function_preserving: bool, color: str):
     def decorator(grow):
-        METHODS[name] = grow
+        METHODS[name] = Method(name, grow, display, function_preserving, color)
         return grow
 
     return decorator

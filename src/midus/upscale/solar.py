@@ -35,6 +35,6 @@ def solar_layout(num_layers: int, m: int) -> Layout:
     return [(i, False) for i in range(L - m)] + [(i, i < L - m) for i in range(m, L)]
 
 
-@register("solar")
+@register("solar", display="SOLAR", function_preserving=False, color="tab:orange")
 def grow_solar(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     return grow_decoders(base, solar_layout(base.num_layers, solar_overlap(recipe, base.num_layers)), recipe.seed)
