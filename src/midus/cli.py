@@ -49,12 +49,14 @@ def main(
 def upscale(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)")],
     out_dir: Annotated[Path, typer.Argument(help="new folder for the grown checkpoint")],
+    set_: Annotated[list[str], typer.Option("--set", help="override any recipe field: KEY=VALUE (YAML value), e.g. memory.topk=8")] = [],
 ):
     """Grow a base model (hub id or folder) by a recipe into OUT_DIR."""
     from .recipe import Recipe
+    from .train.config import parse_override
     from .upscale import upscale_to_folder
 
-    parsed = Recipe.from_yaml(recipe)
+    parsed = Recipe.from_yaml(recipe, dict(parse_override(text) for text in set_))
     upscale_to_folder(parsed, out_dir)
     typer.echo(f"wrote {out_dir}")
 

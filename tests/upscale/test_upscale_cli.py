@@ -43,6 +43,24 @@ def test_upscale_writes_a_complete_checkpoint(tiny_base, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".grown.tmp")]
 
 
+
+def test_set_overrides_recipe_fields_and_the_saved_recipe_says_so(tiny_base, tmp_path):
+    out = tmp_path / "grown"
+    result = run("upscale", write_recipe(tmp_path, base=str(tiny_base)), out,
+                 "--set", "new_blocks=1", "--set", "memory.topk=2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 5
+    saved = yaml.safe_load((out / RECIPE_FILE).read_text())
+    assert saved["new_blocks"] == 1 and saved["memory"]["topk"] == 2
+
+
+def test_a_bad_override_is_one_line_and_writes_nothing(tiny_base, tmp_path):
+    result = run("upscale", write_recipe(tmp_path, base=str(tiny_base)), tmp_path / "out", "--set", "new_blocks=-1")
+    assert_one_line_error(result, "new_blocks: got -1", code=2)
+    result = run("upscale", write_recipe(tmp_path, base=str(tiny_base)), tmp_path / "out", "--set", "new_blocks")
+    assert_one_line_error(result, "expected KEY=VALUE", code=2)
+    assert not (tmp_path / "out").exists()
+
 def test_existing_non_empty_out_dir_is_refused(tiny_base, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
