@@ -7,7 +7,7 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from midus.data.datasets import IGNORE_INDEX, DataError, Pack, build_datasets, collate
+from midus.data.loading import IGNORE_INDEX, DataError, Pack, build_datasets, collate
 from midus.train import DataConfig
 
 

@@ -1,5 +1,5 @@
 """Held-out text for the analyses: local files (.txt, .jsonl / .json with a text field, .parquet)
-read by the evaluation loader (`midus.evaluate.texts`), tokenized with the model's tokenizer, every
+read by the evaluation loader (`midus.data.sources`), tokenized with the model's tokenizer, every
 document followed by EOS, concatenated, and cut into windows of exactly `seq_len` tokens."""
 
 import glob
@@ -9,9 +9,9 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..data.datasets import BUILDERS
+from ..data.loading import BUILDERS
 from ..errors import UsageError
-from ..evaluate.texts import TextSource, load_documents
+from ..data.sources import TextSource, load_documents
 
 TOKENIZE_CHUNK = 256  # documents per tokenizer call
 

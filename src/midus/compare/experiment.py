@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ..errors import UsageError
-from ..evaluate.texts import TextSource
+from ..data.sources import TextSource
 from ..recipe import METHODS, Recipe
 from ..schema import Strict, YamlModel, read_mapping
 from ..train.config import TrainConfig

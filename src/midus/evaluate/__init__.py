@@ -13,7 +13,7 @@ from .harness import HEADLINES, PRESETS, TaskResult, item_scores, load_tasks, re
 from .offline import MC_TASK, PPL_TASK, TAG, heldout_choice_items, write_heldout_tasks
 from .perplexity import KINDS, Perplexity, document_perplexity, perplexities, rolling_perplexity
 from .report import EvalReport, EvalSettings, ModelEval, is_fraction
-from .texts import TextSource, load_documents
+from ..data.sources import TextSource, load_documents
 
 
 def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "model", documents: list[str] | None = None,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from .harness import TaskResult
 from .perplexity import Perplexity
-from .texts import TextSource
+from ..data.sources import TextSource
 
 SCHEMA = "midus.eval/1"
 FRACTIONS = ("acc", "acc_norm", "exact_match", "f1", "em", "mcc", "mc1", "mc2")  # shown as percentages

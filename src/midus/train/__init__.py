@@ -1,6 +1,7 @@
 """Continued pre-training (CPT): `midus.train.train(TrainConfig.from_yaml(path)) -> final model folder`."""
 
-from .config import DataConfig, TrainConfig, TrainConfigError
+from ..data.sources import DataConfig
+from .config import TrainConfig, TrainConfigError
 from .run import train
 
 __all__ = ["DataConfig", "TrainConfig", "TrainConfigError", "train"]

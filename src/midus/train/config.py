@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from ..data.sources import DataConfig
 from ..errors import UsageError
 from ..schema import Strict, YamlModel
 from .lora import LoraSettings
@@ -21,51 +22,6 @@ RUNTIME_DATA_FIELDS = ("cache_dir", "num_proc")
 
 class TrainConfigError(UsageError):
     """A training config that cannot be used; the message is one line naming the problem."""
-
-
-class DataConfig(Strict):
-    """Where the text comes from and how it becomes training sequences."""
-
-    files: list[str] | None = Field(None, description="local .txt / .jsonl / .json / .parquet files (globs allowed), all of one type")
-    dataset: str | None = Field(None, description="instead of files: a hub dataset id (or any `datasets.load_dataset` path)")
-    name: str | None = Field(None, description="hub dataset config name (e.g. sample-10BT)")
-    split: str = Field("train", description="hub dataset split to train on")
-    streaming: bool = Field(False, description="read the data as a stream (hub-scale data; no full download, no shuffling)")
-    format: Literal["text", "instruction"] = Field("text", description="text: plain documents; instruction: prompt/response pairs, loss on the response only")
-    text_field: str = Field("text", description="format text: the field holding each document")
-    txt_unit: Literal["paragraph", "line", "document"] = Field(
-        "paragraph", description=".txt files: what one document is (blank-line separated paragraph, line, or whole file)")
-    prompt_field: str | list[str] = Field(
-        "prompt", description="format instruction: the prompt field, or several joined by blank lines (e.g. [instruction, input])")
-    response_field: str = Field("response", description="format instruction: the response field (e.g. output)")
-    template: str = Field("{prompt}\n\n", description="format instruction: the text before the response; {prompt} is the prompt")
-    chat_template: bool = Field(False, description="format instruction: lay out prompt and response with the tokenizer's chat template instead of `template`")
-    eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of the documents held out for evaluation (ignored with eval_split / eval_files; streaming holds out the first eval_sequences sequences instead)")
-    eval_split: str | None = Field(None, description="hub dataset split held out for evaluation (e.g. validation)")
-    eval_files: list[str] | None = Field(None, description="local files held out for evaluation")
-    eval_sequences: int = Field(64, ge=0, description="at most this many held-out sequences are evaluated; 0 turns evaluation off")
-    cache_dir: str | None = Field(None, description="cache of loaded and tokenized data (default: the `datasets` cache)")
-    num_proc: int | None = Field(None, ge=1, description="processes for tokenizing (map-style data only)")
-
-    @model_validator(mode="after")
-    def _source(self):
-        if (self.files is None) == (self.dataset is None):
-            raise ValueError("give exactly one of data.files (local files) or data.dataset (a hub dataset)")
-        if self.files is not None and not self.files:
-            raise ValueError("data.files is empty")
-        if self.eval_split is not None and self.dataset is None:
-            raise ValueError("data.eval_split applies to a hub dataset (data.dataset) only; use data.eval_files with local files")
-        if self.eval_split is not None and self.eval_files is not None:
-            raise ValueError("give at most one of data.eval_split and data.eval_files")
-        if self.num_proc is not None and self.streaming:
-            raise ValueError("data.num_proc does not apply to streaming data")
-        if "{prompt}" not in self.template:
-            raise ValueError("data.template must contain {prompt}")
-        return self
-
-    @property
-    def prompt_fields(self) -> list[str]:
-        return [self.prompt_field] if isinstance(self.prompt_field, str) else list(self.prompt_field)
 
 
 class TrainConfig(YamlModel):

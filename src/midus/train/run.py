@@ -15,7 +15,7 @@ from transformers.trainer_callback import ProgressCallback, TrainerState
 
 from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, check_weight_format, first_line, load_config,
                           load_weights, resolve, save_model, write_error)
-from ..data.datasets import build_datasets, collate
+from ..data.loading import build_datasets, collate
 from ..errors import MidusError, UsageError, warn
 from ..recipe import RECIPE_FILE
 from .config import TrainConfig
