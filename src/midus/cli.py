@@ -180,7 +180,8 @@ def eval_(
     out: Path = typer.Option(None, "--out", help="also write eval.md and eval.json to this folder"),
 ):
     """Perplexity (rolling and per-document) and lm-evaluation-harness tasks, models side by side."""
-    from .evaluate import EvalSettings, TextSource, evaluate_models, write_report
+    from .data.sources import TextSource
+    from .evaluate import EvalSettings, evaluate_models, write_report
 
     if limit is not None and limit >= 1:
         limit = int(limit)
