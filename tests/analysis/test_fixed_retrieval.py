@@ -5,7 +5,7 @@ import pytest
 import torch
 from analysis_helpers import token_batches
 
-from midus.analysis import captured_retrieval, fixed_retrieval, fixed_retrieval_analysis, head_importance, mean_loss
+from midus.analysis import captured_retrieval, fixed_retrieval_analysis, head_importance, mean_loss, replayed_retrieval
 from midus.analysis.fixed_retrieval import derangement, realised_weight, variant_specs
 from midus.analysis.probes import memory_blocks
 from midus.analysis.value_retraining import retrain_values
@@ -21,7 +21,7 @@ def test_replayed_retrieval_reproduces_the_recorded_forward(grown):
         for block in memory:  # other keys: a different retrieval, unless it is replayed
             block.layer.memory.retrieval.keys.copy_(torch.randn_like(block.layer.memory.retrieval.keys))
         assert (grown(ids).logits - expected).abs().max() > 1e-4
-        with fixed_retrieval(memory, dict(recorded)):
+        with replayed_retrieval(memory, dict(recorded)):
             torch.testing.assert_close(grown(ids).logits, expected, atol=0, rtol=0)
 
 

@@ -13,7 +13,7 @@
 from .data import load_texts, token_windows
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
 from .head_importance import HeadImportance, head_importance
-from .probes import blocks, captured_retrieval, fixed_retrieval, head_masks, mean_loss
+from .probes import blocks, captured_retrieval, head_masks, mean_loss, replayed_retrieval
 from .report import summary_markdown, write_report
 from .run import AnalyzeSettings, Analysis, analyze, analyze_to_folder
 from .usage import MemoryUsage, UsageCounter, memory_usage

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from .probes import NEGLIGIBLE_LOSS, Block, captured_retrieval, fixed_retrieval, is_hive, memory_blocks, scored_tokens, token_nll
+from .probes import NEGLIGIBLE_LOSS, Block, captured_retrieval, is_hive, memory_blocks, replayed_retrieval, scored_tokens, token_nll
 from .value_retraining import ValueRetraining
 
 SCHEMA = "midus.analyze.fixed_retrieval/1"
@@ -114,7 +114,7 @@ def fixed_retrieval_analysis(model, batches: list[torch.Tensor], *, permutations
         with captured_retrieval(memory) as recorded:
             baseline += token_nll(model, ids).item()
         bar.update()
-        with fixed_retrieval(memory, dict(recorded)):
+        with replayed_retrieval(memory, dict(recorded)):
             for block in hive:
                 for i, (_, kind, perm) in enumerate(specs[block.index]):
                     weight = realised_weight(block.layer.memory.values.proj.weight, block.heads, kind, perm)

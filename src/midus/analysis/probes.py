@@ -141,7 +141,7 @@ def captured_retrieval(model_blocks: Iterable[Block]) -> Iterator[dict[int, Retr
 
 
 @contextmanager
-def fixed_retrieval(model_blocks: Iterable[Block], recorded: dict[int, Retrieval]) -> Iterator[None]:
+def replayed_retrieval(model_blocks: Iterable[Block], recorded: dict[int, Retrieval]) -> Iterator[None]:
     """Replace the retrieval of every block in `recorded` by the recorded (slots, weights)."""
     handles = []
     try:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..model.hml import normalize_query
 from ..model.values import HiveValues
-from .probes import NEGLIGIBLE_LOSS, Block, captured_retrieval, fixed_retrieval, is_hive, memory_blocks, scored_tokens, token_nll
+from .probes import NEGLIGIBLE_LOSS, Block, captured_retrieval, is_hive, memory_blocks, replayed_retrieval, scored_tokens, token_nll
 
 FIT_BATCH = 1024  # tokens per optimizer step
 
@@ -159,7 +159,7 @@ def heldout_losses(model, memory: list[Block], block: Block, paths: dict[str, nn
     for ids in batches:
         with captured_retrieval(memory) as recorded:
             nll["model"] += token_nll(model, ids).item()
-        with fixed_retrieval(memory, dict(recorded)):
+        with replayed_retrieval(memory, dict(recorded)):
             for name, path in paths.items():
                 handle = substituted(block, name, path)
                 try:
