@@ -10,9 +10,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def memory_parameter_names(model: nn.Module) -> set[str]:
-    """Sub-keys and value banks/tables (trained at the max learning rate, no schedule, no weight
-    decay); the HIVE projections P are not in this set."""
+def memory_group_parameter_names(model: nn.Module) -> set[str]:
+    """The optimizer's memory group: sub-keys and value banks/tables (trained at the max learning rate,
+    no schedule, no weight decay); the HIVE projections P are not in this set. Every parameter of the
+    memory layers, P included, is `optim.memory_layer_parameter_names` (`trainable: memory`)."""
     names = set()
     for module_name, module in model.named_modules():
         if isinstance(module, ProductKeys):

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from midus import MidusConfig, MidusForCausalLM
 from midus.checkpoint import save_model
-from midus.parameters import memory_parameter_names
+from midus.parameters import memory_group_parameter_names
 from model_helpers import TINY_MEMORY, random_memory, tokens
 from model_helpers import grow as grow_by
 
@@ -120,7 +120,7 @@ def test_bf16_forward_backward(tiny_base):
     loss = model(x, labels=x).loss
     assert loss.dtype == torch.float32 or loss.dtype == torch.bfloat16
     loss.backward()
-    grads = [p.grad for n, p in model.named_parameters() if n in memory_parameter_names(model)]
+    grads = [p.grad for n, p in model.named_parameters() if n in memory_group_parameter_names(model)]
     assert grads and all(g is not None and torch.isfinite(g.float()).all() for g in grads)
     assert torch.isfinite(loss)
 

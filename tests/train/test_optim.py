@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from midus.parameters import memory_parameter_names
+from midus.parameters import memory_group_parameter_names
 from midus.train.optim import Constant, WarmupCosine, build_scheduler, parameter_groups, select_trainable
 from train_helpers import tiny_config
 
@@ -16,7 +16,7 @@ def test_groups_split_memory_matrices_and_vectors(tiny_midus):
     groups = {g["name"]: g for g in parameter_groups(model, lr=1e-3, memory_lr=2e-3, weight_decay=0.1)}
     names = {id(p): n for n, p in model.named_parameters()}
     members = {key: {names[id(p)] for p in group["params"]} for key, group in groups.items()}
-    assert members["memory"] == memory_parameter_names(model) and members["memory"]
+    assert members["memory"] == memory_group_parameter_names(model) and members["memory"]
     assert all(".memory." in n and n.endswith((".keys", ".bank")) for n in members["memory"])
     assert all(model.get_parameter(n).ndim >= 2 for n in members["decay"])
     assert all(model.get_parameter(n).ndim == 1 for n in members["no_decay"])
@@ -32,7 +32,7 @@ def test_projection_group_memory_moves_hive_projections_into_the_memory_group(ti
     groups = {g["name"]: {names[id(p)] for p in g["params"]}
               for g in parameter_groups(model, 1e-3, 2e-3, 0.1, projection_group="memory")}
     projections = {n for n in names.values() if n.endswith("memory.values.proj.weight")}
-    assert len(projections) == 2 and groups["memory"] == memory_parameter_names(model) | projections
+    assert len(projections) == 2 and groups["memory"] == memory_group_parameter_names(model) | projections
     assert not projections & groups["decay"]
 
 

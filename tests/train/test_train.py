@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from midus.errors import MidusError
-from midus.parameters import memory_parameter_names
+from midus.parameters import memory_group_parameter_names
 from midus.train import train
 from midus.train.optim import WarmupCosine
 from midus.train.rundir import RunFolder
@@ -65,7 +65,7 @@ def test_memory_keeps_max_lr_without_decay_and_the_rest_follows_the_schedule(ref
     # the optimizer saved in the last checkpoint: the memory parameters form the undecayed constant group
     checkpoint = RunFolder(run_dir).last_checkpoint()
     groups = {g["name"]: g for g in torch.load(checkpoint / "optimizer.pt", weights_only=True)["param_groups"]}
-    memory = memory_parameter_names(AutoModelForCausalLM.from_pretrained(final))
+    memory = memory_group_parameter_names(AutoModelForCausalLM.from_pretrained(final))
     assert len(memory) == 4 and len(groups["memory"]["params"]) == len(memory)  # 2 blocks x (keys, bank)
     assert groups["memory"]["weight_decay"] == 0 and groups["no_decay"]["weight_decay"] == 0
     assert groups["decay"]["weight_decay"] == config.weight_decay

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from midus.compare import load_experiment
 from midus.data.wikipedia import load_wikipedia
-from midus.parameters import memory_parameter_names
+from midus.parameters import memory_group_parameter_names
 from midus.train.optim import build_optimizer, select_trainable
 from midus.upscale import upscale
 from midus.upscale.registry import METHODS
@@ -53,7 +53,7 @@ def test_growth_and_one_cpt_step_on_the_real_base(method, smollm2_base, batch, b
     if method in ("pkm", "midus"):  # the paper's rule: keys and values at their own constant lr, no weight decay
         assert memory is not None and memory["weight_decay"] == 0.0 and not memory["scheduled"]
         assert sum(p.numel() for p in memory["params"]) == sum(
-            p.numel() for n, p in model.named_parameters() if n in memory_parameter_names(model)) > 0
+            p.numel() for n, p in model.named_parameters() if n in memory_group_parameter_names(model)) > 0
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(batch, labels=batch).loss

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..model.hml import HeadwiseMemoryLayer, ProductKeyMemory
-from ..parameters import hive_projection_names, memory_parameter_names, new_block_parameter_names
+from ..parameters import hive_projection_names, memory_group_parameter_names, new_block_parameter_names
 
 # prefixes wrappers (DDP, FSDP, activation checkpointing, torch.compile) put in front of parameter names
 WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -54,7 +54,7 @@ def select_trainable(model: nn.Module, trainable: str) -> int:
 def parameter_groups(model: nn.Module, lr: float, memory_lr: float, weight_decay: float,
                      projection_group: str = "scheduled") -> list[dict]:
     """AdamW groups of the trainable parameters; `scheduled` says whether the group's LR is scheduled."""
-    memory = memory_parameter_names(model)
+    memory = memory_group_parameter_names(model)
     if projection_group == "memory":
         memory |= hive_projection_names(model)
     memory = {canonical_name(name) for name in memory}
