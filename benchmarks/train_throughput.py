@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import midus
-from midus.inspect import describe
+from midus.layer_report import describe
 from midus.tiny import write_tiny_llama
 from midus.train import TrainConfig
 from midus.train.optim import build_optimizer, build_scheduler

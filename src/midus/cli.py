@@ -91,7 +91,7 @@ def inspect(
     context: int = typer.Option(2048, "--context", help="keys attended per token in the FLOPs count"),
 ):
     """Layer map, parameters per component and FLOPs per token, from the config alone (meta device)."""
-    from .inspect import inspect as inspect_model, render, to_json
+    from .layer_report import inspect as inspect_model, render, to_json
 
     report = inspect_model(model, base=base, trainable=trainable, context=context)
     typer.echo(to_json(report) if json_ else render(report))

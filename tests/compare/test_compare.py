@@ -18,7 +18,7 @@ from cli_helpers import assert_one_line_error
 from midus.cli import app
 from midus.compare import CompareReport, embedded_names, load_experiment, run_comparison
 from midus.errors import UsageError
-from midus.inspect import inspect
+from midus.layer_report import inspect
 from midus.recipe import METHODS
 
 ROOT = Path(__file__).parents[2]

@@ -66,7 +66,7 @@ def check(experiment: Experiment, config=None) -> dict:
 
 def plan(experiment: Experiment, config=None) -> dict:
     """What `midus compare` would run, from the base's config alone (no weights, no data)."""
-    from ..inspect import describe
+    from ..layer_report import describe
 
     config = config if config is not None else base_config(experiment)
     rows = []

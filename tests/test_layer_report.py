@@ -7,9 +7,9 @@ import pytest
 from transformers import LlamaConfig
 from typer.testing import CliRunner
 
-import midus.inspect as inspect_module
+import midus.layer_report as layer_report
 from midus.cli import app
-from midus.inspect import describe, inspect
+from midus.layer_report import describe, inspect
 from midus.recipe import METHODS
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -128,7 +128,7 @@ def test_json_is_stable_and_documented(paper_configs):
     assert set(report["parameters"]["new_blocks"]) == SCHEMA_KEYS["new_blocks"]
     assert set(report["flops_per_token"]) == SCHEMA_KEYS["flops_per_token"]
     for key in set().union(*SCHEMA_KEYS.values()):
-        assert f'"{key}"' in inspect_module.__doc__, f"{key} is not documented"
+        assert f'"{key}"' in layer_report.__doc__, f"{key} is not documented"
     text = runner.invoke(app, args[:-1])
     assert text.exit_code == 0 and "latent bank" in text.stdout and "FLOPs per token" in text.stdout
 
@@ -149,7 +149,7 @@ def test_model_folders_and_grown_checkpoints(tiny_base, tmp_path):
 def test_8b_recipe_inspects_without_allocating_weights(paper_configs, monkeypatch, method):
     """Billions of parameters are counted on the meta device: no tensor of the model has storage."""
     built = []
-    monkeypatch.setattr(inspect_module, "describe", lambda model, **kw: built.append(model) or describe(model, **kw))
+    monkeypatch.setattr(layer_report, "describe", lambda model, **kw: built.append(model) or describe(model, **kw))
     report = inspect(str(RECIPES / "paper-8b" / f"{method}.yaml"), base=paper_configs["8b"])
     assert report["parameters"]["total"] > 8.5e9  # Llama-3.1-8B (8.0B) grown by 16 blocks
     (model,) = built
