@@ -11,7 +11,7 @@ import torch
 
 from ..data.loading import BUILDERS
 from ..errors import UsageError
-from ..data.sources import TextSource, load_documents
+from ..data.sources import TextSource, source_documents
 
 TOKENIZE_CHUNK = 256  # documents per tokenizer call
 
@@ -44,7 +44,7 @@ def load_texts(patterns: list[str], text_field: str = "text") -> list[str]:
     documents = []
     with quiet_datasets():
         for path in data_files(patterns):
-            documents += load_documents(TextSource(path=str(path), text_field=text_field))
+            documents += source_documents(TextSource(path=str(path), text_field=text_field))
     return documents
 
 

@@ -211,7 +211,7 @@ class Comparison:
         self.report.base.update(name=str(name), layers=run.layers, parameters=run.params_total)
 
     def prepare_evaluation(self) -> None:
-        from ..evaluate import EvalSettings, load_documents, task_manager, write_heldout_tasks
+        from ..evaluate import EvalSettings, source_documents, task_manager, write_heldout_tasks
         from ..load import load_model
 
         e, spec = self.experiment, self.experiment.evaluation
@@ -220,7 +220,7 @@ class Comparison:
         heldout = self.corpus.texts(part) if self.corpus is not None else None
         self.ppl_documents = None
         if spec.perplexity is not None:
-            documents = load_documents(spec.perplexity.data) if spec.perplexity.data else heldout
+            documents = source_documents(spec.perplexity.data) if spec.perplexity.data else heldout
             self.ppl_documents = evenly(documents, spec.perplexity.documents)
         if EMBEDDED_MC_TASK in tasks:
             passages = [p for doc in heldout for p in doc.split("\n\n") if len(p.split()) >= MC_MIN_WORDS]

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..errors import MidusError
 from ..schema import Strict
-from .loading import BUILDERS, load_documents as load_raw
+from .loading import BUILDERS, load_documents
 
 
 class DataConfig(Strict):
@@ -77,11 +77,11 @@ class TextSource(BaseModel):
         return self.path + (f" ({self.name})" if self.name else "") + f", split {self.split}"
 
 
-def load_documents(source: TextSource) -> list[str]:
+def source_documents(source: TextSource) -> list[str]:
     """The non-empty documents of `source`, in order."""
     where = {"files": [source.path]} if source.is_local else {"dataset": source.path, "name": source.name}
     data = DataConfig(**where, text_field=source.text_field, txt_unit=source.sample_by)
-    raw = load_raw(data, files=data.files, split=None if source.is_local else source.split)
+    raw = load_documents(data, files=data.files, split=None if source.is_local else source.split)
     documents = [text for text in raw[source.text_field] if isinstance(text, str) and text.strip()]
     if source.max_documents is not None:
         documents = documents[: source.max_documents]

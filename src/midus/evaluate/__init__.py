@@ -13,7 +13,7 @@ from .harness import HEADLINES, PRESETS, TaskResult, item_scores, load_tasks, re
 from .offline import MC_TASK, PPL_TASK, TAG, heldout_choice_items, write_heldout_tasks
 from .perplexity import KINDS, Perplexity, document_perplexity, perplexities, rolling_perplexity
 from .report import EvalReport, EvalSettings, ModelEval, is_fraction
-from ..data.sources import TextSource, load_documents
+from ..data.sources import TextSource, source_documents
 
 
 def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "model", documents: list[str] | None = None,
@@ -21,7 +21,7 @@ def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "mod
     """Evaluate an in-memory model: perplexities of `documents` (or of `settings.ppl_data`) and the tasks;
     `items`: keep every item's score too (`ModelEval.items`, for paired tests)."""
     if documents is None and settings.ppl_data is not None:
-        documents = load_documents(settings.ppl_data)
+        documents = source_documents(settings.ppl_data)
     result = ModelEval(name=name, parameters=count_parameters(model))
     if documents:
         if tokenizer is None:
@@ -61,7 +61,7 @@ def evaluate_models(names: list[str], settings: EvalSettings) -> EvalReport:
     if settings.tasks:
         manager = task_manager(settings.include_paths, settings.tasks)
         load_tasks(resolve_tasks(settings.tasks, manager), manager)  # fail fast (offline data, bad files)
-    documents = load_documents(settings.ppl_data) if settings.ppl_data is not None else None
+    documents = source_documents(settings.ppl_data) if settings.ppl_data is not None else None
     rows = []
     with tqdm(names, desc="models", unit="model", disable=len(names) < 2) as bar:
         for name in bar:
@@ -81,5 +81,5 @@ def write_report(report, out_dir: str | Path, stem: str) -> list[Path]:
 __all__ = [
     "EvalReport", "EvalSettings", "MC_TASK", "ModelEval", "PPL_TASK", "PRESETS", "Perplexity", "TAG", "TaskResult",
     "TextSource", "document_perplexity", "evaluate_model", "evaluate_models", "heldout_choice_items",
-    "load_documents", "perplexities", "rolling_perplexity", "run_tasks", "write_heldout_tasks", "write_report",
+    "perplexities", "source_documents", "rolling_perplexity", "run_tasks", "write_heldout_tasks", "write_report",
 ]
