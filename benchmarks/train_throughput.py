@@ -25,7 +25,7 @@ from midus.layer_report import describe
 from midus.tiny import write_tiny_llama
 from midus.train import TrainConfig
 from midus.train.optim import build_optimizer, build_scheduler
-from midus.upscale.registry import METHODS
+from midus.growth.registry import METHODS
 
 D, D_FF, HEADS, KV_HEADS = 2048, 8192, 32, 8
 MEMORY = {"n_keys": 64, "topk": 32, "latent_dim": 64}  # the paper-1b recipe's memory

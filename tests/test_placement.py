@@ -3,7 +3,7 @@
 import pytest
 
 from midus.recipe import RecipeError
-from midus.upscale.placement import insert_after, source_blocks
+from midus.growth.placement import insert_after, source_blocks
 
 
 @pytest.mark.parametrize("L", [16, 32])

@@ -13,7 +13,7 @@ MidusModel.register_for_auto_class("AutoModel")
 MidusForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 from .recipe import Recipe  # noqa: E402
-from .upscale import upscale  # noqa: E402
+from .growth import upscale  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MidusConfig", "MidusModel", "MidusForCausalLM", "Recipe", "upscale"]

@@ -54,7 +54,7 @@ def upscale(
     """Grow a base model (hub id or folder) by a recipe into OUT_DIR."""
     from .recipe import Recipe
     from .train.config import parse_override
-    from .upscale import upscale_to_folder
+    from .growth import upscale_to_folder
 
     parsed = Recipe.from_yaml(recipe, dict(parse_override(text) for text in set_))
     upscale_to_folder(parsed, out_dir)

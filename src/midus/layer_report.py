@@ -65,7 +65,7 @@ COMPONENTS = ("attention", "ffn", "keys", "latent_bank", "projections", "norms")
 def inspect(name: str, *, base: str | None = None, trainable: str = "all", context: int = 2048) -> dict:
     """The report of a model folder / hub id, or of the model a recipe YAML grows (`base` overrides
     the recipe's base, e.g. a local folder holding just the base's config.json)."""
-    from .upscale import grow_on_meta
+    from .growth import grow_on_meta
 
     if trainable not in TRAINABLE_MODES:
         raise UsageError(f"--trainable {trainable!r}; valid: {', '.join(TRAINABLE_MODES)}")

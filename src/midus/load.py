@@ -89,7 +89,7 @@ def _load_pretrained(name: str, dtype: str, allow_random: bool, seed: int) -> Lo
 
 
 def _grow_recipe(name: str, recipe: Recipe, dtype: str, allow_random: bool, seed: int) -> LoadedModel:
-    from .upscale import grow_on_meta, upscale
+    from .growth import grow_on_meta, upscale
 
     config = load_config(recipe.base)
     base_parameters = _parameters_of(recipe.base, config)
@@ -105,7 +105,7 @@ def _grow_recipe(name: str, recipe: Recipe, dtype: str, allow_random: bool, seed
 
 def random_model(config, dtype: str, seed: int) -> PreTrainedModel:
     """The architecture of `config` at its real shapes, with seeded random weights (its own init)."""
-    from .upscale import meta_base
+    from .growth import meta_base
 
     return materialise(meta_base(config, dtype), seed)
 
@@ -123,7 +123,7 @@ def materialise(model: PreTrainedModel, seed: int) -> PreTrainedModel:
 def _parameters_of(base: str, config=None) -> int | None:
     """Parameters of a base model from its config alone (meta device), or None if it is unreachable."""
     try:
-        from .upscale import meta_base
+        from .growth import meta_base
 
         return count_parameters(meta_base(config or load_config(base)))
     except MidusError:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import midus.growth as growth
 from cli_helpers import assert_one_line_error
 from midus.cli import app
 from midus.compare import CompareReport, embedded_names, load_experiment, run_comparison
@@ -200,15 +201,14 @@ def test_another_experiment_in_the_folder_is_refused_unless_overwrite(compared, 
 
 
 def test_a_failed_stage_is_named_and_the_other_methods_go_on(cache, tmp_path, monkeypatch):
-    upscale = importlib.import_module("midus.upscale")  # the module (midus.upscale is also a function)
-    grow = upscale.upscale_to_folder
+    grow = growth.upscale_to_folder
 
     def failing_for_midus(recipe, out_dir):
         if recipe.method == "midus":
             raise OSError(28, "No space left on device")
         return grow(recipe, out_dir)
 
-    monkeypatch.setattr(upscale, "upscale_to_folder", failing_for_midus)
+    monkeypatch.setattr(growth, "upscale_to_folder", failing_for_midus)
     out = tmp_path / "out"
     report = run_comparison(load_experiment("tiny-test", PAIR), out, cache_dir=cache)
     (failed,) = report.failures()

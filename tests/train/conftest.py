@@ -9,7 +9,7 @@ import pytest
 from midus import Recipe
 from midus.tiny import _sample_text
 from midus.train import train
-from midus.upscale import upscale_to_folder
+from midus.growth import upscale_to_folder
 from model_helpers import TINY_MEMORY
 from train_helpers import tiny_config
 

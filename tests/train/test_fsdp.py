@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from midus import Recipe
 from midus.train import train
 from midus.train.rundir import RunFolder
-from midus.upscale import upscale_to_folder
+from midus.growth import upscale_to_folder
 
 from model_helpers import TINY_MEMORY, TINY_PKM, write_family_base
 from test_preemption import wait_for_step, worker_pids

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from midus import Recipe
 from midus.train import train
 from midus.train.rundir import RunFolder
-from midus.upscale import upscale_to_folder
+from midus.growth import upscale_to_folder
 from model_helpers import TINY_MEMORY
 from train_helpers import tiny_config
 

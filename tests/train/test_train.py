@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_midus, co
 
 def test_bf16_with_gradient_checkpointing_keeps_the_stored_dtype(tiny_base, corpus, tmp_path):
     from midus import Recipe
-    from midus.upscale import upscale_to_folder
+    from midus.growth import upscale_to_folder
 
     recipe = Recipe.parse({"base": str(tiny_base), "method": "midus", "new_blocks": 1, "dtype": "bfloat16",
                            "memory": {"n_keys": 8, "topk": 4, "latent_dim": 16}})

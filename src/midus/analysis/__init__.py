@@ -21,7 +21,7 @@ from .value_retraining import ValueRetraining, retrain_values
 
 __all__ = [
     "Analysis", "AnalyzeSettings", "FixedRetrieval", "HeadImportance", "MemoryUsage", "UsageCounter", "ValueRetraining",
-    "analyze", "analyze_to_folder", "blocks", "captured_retrieval", "fixed_retrieval", "fixed_retrieval_analysis",
-    "head_importance", "head_masks", "load_texts", "mean_loss", "memory_usage", "retrain_values", "summary_markdown",
+    "analyze", "analyze_to_folder", "blocks", "captured_retrieval", "fixed_retrieval_analysis",
+    "head_importance", "head_masks", "load_texts", "mean_loss", "memory_usage", "replayed_retrieval", "retrain_values", "summary_markdown",
     "token_windows", "write_report",
 ]

@@ -31,7 +31,7 @@ def check(experiment: Experiment, config=None) -> dict:
     """Every problem an experiment can have before it runs, as one line; returns, per method, its
     recipe, the grown model on the meta device and its CPT config."""
     from ..evaluate import resolve_tasks, task_manager
-    from ..upscale import grow_on_meta
+    from ..growth import grow_on_meta
 
     config = config if config is not None else base_config(experiment)
     data = PLACEHOLDER_DATA if experiment.has_corpus else None

@@ -4,7 +4,7 @@ renamed, so no PNG is ever half-written."""
 
 from pathlib import Path
 
-from ..upscale.registry import METHODS
+from ..growth.registry import METHODS
 from .report import CompareReport, label
 
 BASE_COLOR = "black"

@@ -21,7 +21,7 @@ import statistics
 
 from pydantic import BaseModel, Field
 
-from ..upscale.registry import METHODS
+from ..growth.registry import METHODS
 from .stats import PairedTest, describe, format_p, paired_accuracy, paired_perplexity
 
 SCHEMA = "midus.compare/1"

@@ -239,7 +239,7 @@ class Comparison:
     # --- one method ------------------------------------------------------------------------------
 
     def run_method(self, method: str, seed: int, probe: bool = False) -> None:
-        from ..upscale import upscale_to_folder
+        from ..growth import upscale_to_folder
 
         run = Run(method=method, seed=seed, probe=probe)
         self.report.runs.append(run)

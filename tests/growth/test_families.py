@@ -13,7 +13,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from midus.checkpoint import save_model
 from midus.model.compat import MASK_CACHE
-from midus.upscale.registry import METHODS
+from midus.growth.registry import METHODS
 from model_helpers import FAMILIES, METHOD_FIELDS, grow, random_memory, tokens
 
 

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from model_helpers import grow, recipe
 from midus.recipe import RecipeError
-from midus.upscale.solar import solar_layout, solar_overlap
+from midus.growth.solar import solar_layout, solar_overlap
 
 
 @pytest.mark.parametrize("L, m, expected", [

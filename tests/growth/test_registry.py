@@ -1,7 +1,7 @@
 """The method registry: one entry per recipe method, each with the facts reports and tests read."""
 
 from midus.recipe import METHODS as RECIPE_METHODS
-from midus.upscale.registry import METHODS
+from midus.growth.registry import METHODS
 
 
 def test_every_recipe_method_is_registered_once():

@@ -1,4 +1,5 @@
-"""Growing a base model: one file per method behind a small registry.
+"""Growing a base model by a recipe: in memory (`upscale`), on the meta device (`grow_on_meta`), or into
+a checkpoint folder (`upscale_to_folder`).
 
 Every method is `grow(base: BaseWeights, recipe) -> PreTrainedModel`; the base's tensors are read one
 at a time, so `upscale_to_folder` holds the grown model and one base tensor, never the whole base.
@@ -13,7 +14,6 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from ..checkpoint import DTYPES, atomic_dir, check_family, check_out_dir, load_config, load_tokenizer, resolve, save_model
 from ..parameters import count_parameters
 from ..recipe import RECIPE_FILE, Recipe
-from . import lesa, llama_pro, midus, none, pkm, solar  # noqa: F401  (each method module registers itself)
 from .registry import METHODS
 from .weights import BaseWeights, open_base
 
@@ -98,5 +98,3 @@ def model_card(recipe: Recipe, grown: PreTrainedModel, base_params: int) -> str:
         lines += ["", "Load with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`."]
     return "\n".join(lines) + "\n"
 
-
-__all__ = ["METHODS", "BaseWeights", "grow_on_meta", "meta_base", "upscale", "upscale_to_folder"]

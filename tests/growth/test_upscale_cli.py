@@ -159,17 +159,15 @@ def test_recipe_errors_name_the_field(tiny_base, tmp_path):
 
 
 def test_failure_while_saving_leaves_nothing(tiny_base, tmp_path, monkeypatch):
-    import importlib
-
-    upscale_module = importlib.import_module("midus.upscale")  # the package; `midus.upscale` is the function
+    from midus.growth import build
 
     def broken_card(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(upscale_module, "model_card", broken_card)
+    monkeypatch.setattr(build, "model_card", broken_card)
     with pytest.raises(RuntimeError):
-        upscale_module.upscale_to_folder(
-            upscale_module.Recipe.parse({"base": str(tiny_base), "new_blocks": 2, "memory": TINY_MEMORY}),
+        build.upscale_to_folder(
+            build.Recipe.parse({"base": str(tiny_base), "new_blocks": 2, "memory": TINY_MEMORY}),
             tmp_path / "out",
         )
     assert list(tmp_path.iterdir()) == []

@@ -9,8 +9,8 @@ from midus.compare import load_experiment
 from midus.data.wikipedia import load_wikipedia
 from midus.parameters import memory_group_parameter_names
 from midus.train.optim import build_optimizer, select_trainable
-from midus.upscale import upscale
-from midus.upscale.registry import METHODS
+from midus.growth import upscale
+from midus.growth.registry import METHODS
 
 EXPERIMENT = load_experiment("smollm2-wiki")
 
