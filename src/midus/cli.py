@@ -2,12 +2,20 @@
 
 import functools
 import os
+import types
+import typing
+from inspect import Parameter, Signature, signature
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+from pydantic import BaseModel
 
-from .errors import MidusError
+from .analysis.run import AnalyzeSettings
+from .bench.measure import BenchSettings
+from .errors import MidusError, UsageError
+from .evaluate.report import EvalSettings
+from .schema import parse_override
 
 app = typer.Typer(
     help="MIDUS: grow a pre-trained LLM in depth with memory blocks, or with any classic Depth Up-Scaling method.",
@@ -31,6 +39,71 @@ def one_line_errors(command):
     return wrapper
 
 
+SET_HELP = "override any field: KEY=VALUE (YAML value), e.g. {example}"
+
+
+def overrides_of(texts: list[str]) -> dict:
+    """`--set KEY=VALUE` options as {key: value}."""
+    return dict(parse_override(text) for text in texts)
+
+
+def settings_options(model: type[BaseModel], flags: dict[str, str], example: str):
+    """Give a command one option per field of the settings `model` (its description as help, its default
+    as default) and `--set KEY=VALUE`, and call it with `settings=` the validated model: defaults, then
+    `--set`, then the options given on the command line. `flags`: the option of each field (dotted for
+    a field of a section, e.g. ppl_data.path); a field not named there has none (`--set` still sets it)."""
+
+    def option(key: str, flag: str):
+        section, _, name = key.rpartition(".")
+        owner = model.model_fields[section].annotation if section else model
+        owner = next(a for a in typing.get_args(owner) or (owner,) if isinstance(a, type) and issubclass(a, BaseModel))
+        field = owner.model_fields[name]
+        kind = command_line_type(field.annotation)
+        names = [f"{flag}/--no-{flag[2:]}"] if kind is bool else flag.split()
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        return Parameter(key.replace(".", "__"), Parameter.KEYWORD_ONLY, annotation=kind,
+                                 default=typer.Option(default, *names, help=field.description))
+
+    added = [option(key, flag) for key, flag in flags.items()]
+    set_option = Parameter("set_", Parameter.KEYWORD_ONLY, annotation=list[str],
+                                   default=typer.Option([], "--set", help=SET_HELP.format(example=example)))
+
+    def decorator(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            context = kwargs.pop("settings_context")
+            overrides = overrides_of(kwargs.pop("set_"))
+            for key in flags:
+                value = kwargs.pop(key.replace(".", "__"))
+                if context.get_parameter_source(key.replace(".", "__")).name != "DEFAULT":  # given, not defaulted
+                    overrides[key] = value
+            if missing := [key for key, field in model.model_fields.items() if field.is_required() and key not in overrides]:
+                raise UsageError(f"{model.kind}: {missing[0]} is required: give {flags[missing[0]].split()[0]} "
+                                 f"(or --set {missing[0]}=...)")
+            return command(*args, settings=model.from_overrides(overrides, source=model.kind), **kwargs)
+
+        own = [p for p in signature(command).parameters.values() if p.name != "settings"]
+        context = Parameter("settings_context", Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        parameters = own + added + [set_option, context]
+        wrapper.__signature__ = Signature(parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorator
+
+
+def command_line_type(annotation):
+    """The type a typer option parses a field as; pydantic checks the value (choices, bounds) after."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return float if set(args) == {int, float} else command_line_type(args[0])
+    if typing.get_origin(annotation) is list:
+        return list[command_line_type(args[0])]
+    if typing.get_origin(annotation) is Literal:
+        return str
+    return annotation
+
+
 @app.callback()
 def main(
     allow_pickle_weights: bool = typer.Option(
@@ -52,11 +125,10 @@ def upscale(
     set_: Annotated[list[str], typer.Option("--set", help="override any recipe field: KEY=VALUE (YAML value), e.g. memory.topk=8")] = [],
 ):
     """Grow a base model (hub id or folder) by a recipe into OUT_DIR."""
-    from .recipe import Recipe
-    from .train.config import parse_override
     from .growth import upscale_to_folder
+    from .recipe import Recipe
 
-    parsed = Recipe.from_yaml(recipe, dict(parse_override(text) for text in set_))
+    parsed = Recipe.from_yaml(recipe, overrides_of(set_))
     upscale_to_folder(parsed, out_dir)
     typer.echo(f"wrote {out_dir}")
 
@@ -115,10 +187,9 @@ def train(
     Multi-GPU: torchrun --nproc_per_node N --no-python midus train CONFIG. On SIGTERM or SIGUSR1 it
     saves a checkpoint at the step reached and exits with code 75; the same command resumes."""
     from .train import TrainConfig, train as run_training
-    from .train.config import parse_override
     from .train.preemption import Preempted, same_command
 
-    overrides = dict(parse_override(text) for text in set_)
+    overrides = overrides_of(set_)
     named = {"model": model, "output_dir": output_dir, "lr": lr, "seed": seed, "max_steps": max_steps, "max_tokens": max_tokens}
     overrides.update({key: value for key, value in named.items() if value is not None})
     if max_steps is not None or max_tokens is not None:  # one budget replaces the other
@@ -158,42 +229,22 @@ def merge_adapter(
 
 @app.command("eval")
 @one_line_errors
+@settings_options(EvalSettings, {
+    "tasks": "--tasks -t", "include_paths": "--include-path", "ppl_data.path": "--ppl-data", "ppl_data.name": "--ppl-config",
+    "ppl_data.split": "--ppl-split", "ppl_data.text_field": "--text-field", "ppl_kinds": "--ppl-kind",
+    "ppl_data.max_documents": "--max-documents", "ppl_max_length": "--max-length", "ppl_stride": "--stride",
+    "limit": "--limit", "num_fewshot": "--num-fewshot", "batch_size": "--batch-size", "device": "--device",
+    "dtype": "--dtype", "headline": "--headline", "seed": "--seed",
+}, example="ppl_data.sample_by=line")
 def eval_(
     models: Annotated[list[str], typer.Argument(help="model folders, hub ids or recipes (grown on the fly)")],
-    tasks: Annotated[list[str], typer.Option("--tasks", "-t", help="lm-eval task/group names or presets (paper, paper-math); repeat or comma-separate")] = [],
-    include_path: Annotated[list[Path], typer.Option("--include-path", help="folder of extra lm-eval task YAMLs (e.g. an offline held-out task)")] = [],
-    ppl_data: str = typer.Option(None, "--ppl-data", help="perplexity text: a .txt/.jsonl/.json/.parquet file or a hub dataset id"),
-    ppl_config: str = typer.Option(None, "--ppl-config", help="hub dataset config of --ppl-data (e.g. wikitext-2-raw-v1)"),
-    ppl_split: str = typer.Option("test", "--ppl-split", help="hub dataset split of --ppl-data"),
-    text_field: str = typer.Option("text", "--text-field", help="field holding the text (.jsonl/.parquet/hub)"),
-    ppl_kind: Annotated[list[str], typer.Option("--ppl-kind", help="rolling and/or document (default: both)")] = [],
-    max_documents: int = typer.Option(None, "--max-documents", min=1, help="perplexity on the first N documents only"),
-    max_length: int = typer.Option(None, "--max-length", help="perplexity window / truncation in tokens (default: min(2048, the model's positions))"),
-    stride: int = typer.Option(None, "--stride", min=1, help="rolling perplexity: tokens the window advances by (default: half the window)"),
-    limit: float = typer.Option(None, "--limit", help="lm-eval: documents per task (a number < 1: a fraction)"),
-    num_fewshot: int = typer.Option(None, "--num-fewshot", help="lm-eval: few-shot examples (default: each task's own, 0 for most)"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
-    headline: str = typer.Option("auto", "--headline", help="headline metric: auto (acc_norm where reported, else acc) | acc | acc_norm"),
+    settings,
     json_: bool = typer.Option(False, "--json", help="print the JSON report instead of the Markdown table"),
     out: Path = typer.Option(None, "--out", help="also write eval.md and eval.json to this folder"),
 ):
     """Perplexity (rolling and per-document) and lm-evaluation-harness tasks, models side by side."""
-    from .data.sources import TextSource
-    from .evaluate import EvalSettings, evaluate_models, write_report
+    from .evaluate import evaluate_models, write_report
 
-    if limit is not None and limit >= 1:
-        limit = int(limit)
-    source = None
-    if ppl_data is not None:
-        source = TextSource(path=ppl_data, name=ppl_config, split=ppl_split, text_field=text_field,
-                            max_documents=max_documents)
-    settings = EvalSettings(
-        tasks=tasks, include_paths=[str(p) for p in include_path], limit=limit, num_fewshot=num_fewshot,
-        batch_size=batch_size, headline=headline, device=device, dtype=dtype, ppl_data=source,
-        ppl_kinds=ppl_kind or ["rolling", "document"], ppl_max_length=max_length, ppl_stride=stride,
-    )
     report = evaluate_models(models, settings)
     if out is not None:
         for path in write_report(report, out, "eval"):
@@ -203,32 +254,24 @@ def eval_(
 
 @app.command()
 @one_line_errors
+@settings_options(BenchSettings, {
+    "device": "--device", "dtype": "--dtype", "batch_size": "--batch-size", "train_seq_len": "--seq-len",
+    "prefill_len": "--prefill-len", "decode_tokens": "--decode-tokens", "warmup": "--warmup", "repeats": "--repeats",
+    "threads": "--threads", "seed": "--seed", "base": "--base",
+}, example="repeats=9")
 def bench(
     models: Annotated[list[str], typer.Argument(help="model folders, recipes (grown on the fly) or hub ids; random weights where there are none")],
+    settings,
     reference: str = typer.Option(None, "--reference", help="the model ratios divide by (one of MODELS; default: the first)"),
     json_: bool = typer.Option(False, "--json", help="print the JSON report instead of the Markdown table"),
     out: Path = typer.Option(None, "--out", help="also write bench.md, bench.json and bench.png to this folder"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
-    batch_size: int = typer.Option(1, "--batch-size", min=1),
-    seq_len: int = typer.Option(256, "--seq-len", min=2, help="training step: tokens per sequence"),
-    prefill_len: int = typer.Option(256, "--prefill-len", min=1, help="prompt tokens of the prefill"),
-    decode_tokens: int = typer.Option(32, "--decode-tokens", min=1, help="tokens decoded one by one with the KV cache"),
-    warmup: int = typer.Option(1, "--warmup", min=0, help="untimed runs first"),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="timed runs (median and spread)"),
-    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
-    seed: int = typer.Option(0, "--seed"),
-    base: str = typer.Option(None, "--base", help="recipes only: grow them on this base instead (e.g. a folder with just its config.json)"),
     isolate: bool = typer.Option(False, "--isolate", help="measure each model in a fresh process, one after another "
                                                           "(CPU memory figures) instead of taking turns in this one"),
 ):
     """Parameters, peak memory, training step time, prefill and decode latency, models side by side, taking
     turns in rounds; the added cost per block of every model whose base is among MODELS."""
-    from .bench import BenchSettings, bench as run_bench, write_bench
+    from .bench import bench as run_bench, write_bench
 
-    settings = BenchSettings(device=device, dtype=dtype, batch_size=batch_size, train_seq_len=seq_len,
-                             prefill_len=prefill_len, decode_tokens=decode_tokens, warmup=warmup, repeats=repeats,
-                             threads=threads, seed=seed, base=base)
     report = run_bench(models, settings, reference=reference, isolate=isolate)
     if out is not None:
         for path in write_bench(report, out):
@@ -238,33 +281,22 @@ def bench(
 
 @app.command()
 @one_line_errors
+@settings_options(AnalyzeSettings, {
+    "data": "--data -d", "text_field": "--text-field", "seq_len": "--seq-len", "max_tokens": "--max-tokens",
+    "batch_size": "--batch-size", "removal": "--removal", "permutations": "--permutations",
+    "retrain_values": "--retrain-values", "retrain_steps": "--retrain-steps", "retrain_lr": "--retrain-lr",
+    "device": "--device", "dtype": "--dtype", "seed": "--seed",
+}, example="permutations=5")
 def analyze(
     model: Annotated[str, typer.Argument(help="MIDUS or Llama-family model folder (or hub id / recipe YAML)")],
-    data: Annotated[list[str], typer.Option("--data", "-d", help="held-out text: .txt/.jsonl/.json/.parquet file, glob or folder; repeatable")] = [],
+    settings,
     out: Path = typer.Option(None, "--out", "-o", help="new folder for the report (JSON, PNG, summary.md)"),
-    text_field: str = typer.Option("text", "--text-field", help="field holding the text in .jsonl/.json/.parquet"),
-    seq_len: int = typer.Option(256, "--seq-len", help="tokens per window"),
-    max_tokens: int = typer.Option(16384, "--max-tokens", help="at most this many tokens (max_tokens // seq_len windows)"),
-    batch_size: int = typer.Option(8, "--batch-size", help="windows per forward pass"),
-    removal: bool = typer.Option(True, "--removal/--no-removal", help="measure head removal exactly (one pass per head), or the gradient estimate only"),
-    permutations: int = typer.Option(3, "--permutations", help="fixed retrieval: random permutations of the projections per block"),
-    retrain_values: bool = typer.Option(False, "--retrain-values", help="fixed retrieval: retrain the value path from scratch and an FFN of equal parameters"),
-    retrain_steps: int = typer.Option(300, "--retrain-steps", help="optimizer steps of each retraining"),
-    retrain_lr: float = typer.Option(3e-3, "--retrain-lr", help="Adam learning rate of the retraining"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
-    seed: int = typer.Option(0, "--seed"),
 ):
     """Head importance, fixed retrieval and memory usage of a model on held-out text: a report in OUT."""
-    from .analysis import AnalyzeSettings, analyze_to_folder
-    from .errors import UsageError
+    from .analysis import analyze_to_folder
 
     if out is None:
         raise UsageError("no output folder: give --out DIR (a new folder for the report)")
-    settings = AnalyzeSettings(data=data, text_field=text_field, seq_len=seq_len, max_tokens=max_tokens,
-                               batch_size=batch_size, device=device, dtype=dtype, removal=removal,
-                               permutations=permutations, retrain_values=retrain_values, retrain_steps=retrain_steps,
-                               retrain_lr=retrain_lr, seed=seed)
     paths = analyze_to_folder(model, settings, out)
     for path in paths:
         typer.echo(f"wrote {path}", err=True)
@@ -286,9 +318,8 @@ def compare(
     """The paper's comparison for any base: grow with every method, equal-token CPT, evaluate, bench;
     writes results.md, results.json and plots to OUT. A rerun skips the finished stages."""
     from .compare import load_experiment, plan, plan_markdown, run_comparison
-    from .train.config import parse_override
 
-    overrides = dict(parse_override(text) for text in set_)
+    overrides = overrides_of(set_)
     if launcher is not None:
         overrides["launcher.kind"] = launcher
     if nproc_per_node is not None:

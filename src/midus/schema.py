@@ -1,4 +1,5 @@
-"""Validated YAML files (recipes, training configs): pydantic models with one-line errors."""
+"""Validated settings (recipes, training configs, experiments, the settings of eval, bench and analyze):
+pydantic models read from YAML files or `--set` overrides, with one-line errors."""
 
 import types
 import typing
@@ -25,10 +26,15 @@ class YamlModel(Strict):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None):
         """Read and validate `path`; `overrides` set dotted fields ({"data.streaming": True}) first."""
-        data = read_mapping(path, cls.kind, cls.error)
+        return cls.from_overrides(overrides, read_mapping(path, cls.kind, cls.error), source=str(path))
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, Any] | None, data: dict | None = None, source: str | None = None):
+        """Validate `data` (default: no fields, every default) with the dotted `overrides` set."""
+        data = data if data is not None else {}
         for key, value in (overrides or {}).items():
             cls.set_dotted(data, key, value)
-        return cls.parse(data, source=str(path))
+        return cls.parse(data, source=source)
 
     @classmethod
     def parse(cls, data: dict, source: str | None = None):
@@ -145,3 +151,14 @@ def expected(annotation, metadata=()) -> str:
         else:
             kinds.append(str(arg))
     return ", or ".join(kinds)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'data.streaming=true' -> ('data.streaming', True): the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"override {text!r}: expected KEY=VALUE, e.g. max_steps=100 or data.streaming=true")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise UsageError(f"override {text!r}: the value is not valid YAML") from None

@@ -104,7 +104,7 @@ def test_seq_len_beyond_positions(tiny_base, heldout_files, tmp_path):
 
 
 @pytest.mark.parametrize("option, value, fragment", [
-    ("--batch-size", "0", "batch-size 0"), ("--seq-len", "1", "seq-len 1"), ("--dtype", "float8", "float8"),
+    ("--batch-size", "0", "batch_size: got 0"), ("--seq-len", "1", "seq_len: got 1"), ("--dtype", "float8", "float8"),
     ("--max-tokens", "16", "max_tokens 16"),
 ])
 def test_bad_options(tiny_base, heldout_files, tmp_path, option, value, fragment):

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from midus.cli import app
 from midus.errors import MidusError, UsageError
+from midus.schema import parse_override
 from midus.train import TrainConfig, TrainConfigError, train
-from midus.train.config import parse_override
 from train_helpers import tiny_config
 
 VALID = {"model": "m", "output_dir": "out", "data": {"files": ["a.txt"]}, "max_steps": 10}
@@ -59,7 +59,7 @@ def test_overrides_and_run_identity(tmp_path):
     assert config.model_copy(update={"memory_probe_sequences": 0}).fingerprint() == config.fingerprint()
     assert "projection_group" not in config.identity()
     assert config.model_copy(update={"projection_group": "memory"}).fingerprint() != config.fingerprint()
-    with pytest.raises(TrainConfigError, match="expected KEY=VALUE"):
+    with pytest.raises(UsageError, match="expected KEY=VALUE"):
         parse_override("max_steps")
     assert TrainConfig.parse(yaml.safe_load(config.to_yaml())) == config
 

@@ -6,6 +6,7 @@ importance of its attention heads only; the memory analyses do not apply and the
 """
 
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -14,6 +15,7 @@ from ..checkpoint import DTYPES, check_family, check_out_dir, load_config, load_
 from ..errors import MidusError, UsageError
 from ..load import is_recipe, load_model
 from ..recipe import Recipe
+from ..schema import YamlModel
 from .data import batches_of, data_files, load_texts, token_windows
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
 from .head_importance import HeadImportance, head_importance
@@ -25,31 +27,26 @@ SCHEMA = "midus.analyze/1"
 RETRAIN_HELDOUT = 0.25  # share of the windows held out to score the retrained value paths
 
 
-class AnalyzeSettings(BaseModel):
+class AnalyzeSettings(YamlModel):
+    """What `midus analyze` runs; every field is a `--set` key (and a flag of its own)."""
+
+    kind: ClassVar[str] = "analyze settings"
+
     data: list[str] = Field(description="held-out text: .txt / .jsonl / .json / .parquet files, globs or folders")
     text_field: str = Field("text", description="the field holding the text in .jsonl / .json / .parquet files")
-    seq_len: int = Field(256, description="tokens per window (at most the model's positions)")
-    max_tokens: int = Field(16384, description="at most this many tokens, in max_tokens // seq_len windows")
-    batch_size: int = Field(8, description="windows per forward pass")
-    device: str = "cpu"
-    dtype: str = Field("float32", description="float32 | bfloat16 | float16")
-    removal: bool = Field(True, description="measure head removal exactly (one pass per head); off: gradient estimate only")
-    permutations: int = Field(3, description="fixed retrieval: random derangements of the projections per block")
-    retrain_values: bool = Field(False, description="fixed retrieval: retrain the value path and an equal-size FFN")
-    retrain_steps: int = Field(300, description="optimizer steps of each retraining")
-    retrain_lr: float = Field(3e-3, description="Adam learning rate of the retraining")
-    seed: int = 0
-
-    def check(self) -> None:
-        for name in ("seq_len", "max_tokens", "batch_size", "retrain_steps"):
-            if getattr(self, name) < (2 if name == "seq_len" else 1):
-                raise UsageError(f"{name.replace('_', '-')} {getattr(self, name)}: must be at least {2 if name == 'seq_len' else 1}")
-        if self.permutations < 0:
-            raise UsageError(f"permutations {self.permutations}: must be 0 or more")
-        if self.retrain_lr <= 0:
-            raise UsageError(f"retrain-lr {self.retrain_lr}: must be positive")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"dtype {self.dtype!r}: valid: {', '.join(DTYPES)}")
+    seq_len: int = Field(256, ge=2, description="tokens per window (at most the model's positions)")
+    max_tokens: int = Field(16384, ge=1, description="at most this many tokens, in max_tokens // seq_len windows")
+    batch_size: int = Field(8, ge=1, description="windows per forward pass")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N")
+    dtype: Literal[tuple(DTYPES)] = Field("float32", description="dtype the model is loaded in")
+    removal: bool = Field(True, description="measure head removal exactly (one pass per head); off: the gradient "
+                                            "estimate only")
+    permutations: int = Field(3, ge=0, description="fixed retrieval: random derangements of the projections per block")
+    retrain_values: bool = Field(False, description="fixed retrieval: retrain the value path from scratch and an FFN "
+                                                    "of equal parameters")
+    retrain_steps: int = Field(300, ge=1, description="optimizer steps of each retraining")
+    retrain_lr: float = Field(3e-3, gt=0, description="Adam learning rate of the retraining")
+    seed: int = Field(0, description="permutations, retraining and initialisation")
 
 
 class Analysis(BaseModel):
@@ -73,7 +70,6 @@ class Analysis(BaseModel):
 
 def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True) -> Analysis:
     """Run every analysis that applies to `model_name` on the settings' data."""
-    settings.check()
     files = data_files(settings.data)  # every input is checked before the weights are loaded
     source = Recipe.from_yaml(model_name).base if is_recipe(model_name) else model_name
     config = load_config(source)

@@ -26,26 +26,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from typing import ClassVar, Literal
+
 from pydantic import BaseModel, Field
 
+from ..checkpoint import DTYPES
 from ..errors import UsageError
 from ..load import LoadedModel, load_model, max_positions
 from ..model.compat import CACHE_ARG, OUTPUT_CACHE
 from ..parameters import count_parameters, new_block_parameter_names
+from ..schema import YamlModel
 
 
-class BenchSettings(BaseModel):
+class BenchSettings(YamlModel):
+    """What `midus bench` measures; every field is a `--set` key (and a flag of its own)."""
+
+    kind: ClassVar[str] = "bench settings"
+
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
-    dtype: str = Field("float32", description="float32 | bfloat16 | float16, for every model")
+    dtype: Literal[tuple(DTYPES)] = Field("float32", description="dtype of every model")
     batch_size: int = Field(1, ge=1, description="sequences per step")
     train_seq_len: int = Field(256, ge=2, description="tokens per sequence in the training step")
     prefill_len: int = Field(256, ge=1, description="prompt tokens of the prefill")
     decode_tokens: int = Field(32, ge=1, description="tokens generated one by one with the KV cache")
     warmup: int = Field(1, ge=0, description="untimed runs before timing")
     repeats: int = Field(5, ge=1, description="timed runs per model (rounds, when models take turns); "
-                                                   "figures are medians over them")
+                                              "figures are medians over them")
     seed: int = Field(0, description="random weights (where a model has none) and random input tokens")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     base: str | None = Field(None, description="recipes only: grow them on this base instead (e.g. a folder "
                                                "holding just the base's config.json: random weights)")
 

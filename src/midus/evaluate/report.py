@@ -13,11 +13,15 @@ Accuracies are fractions in JSON and percentages in Markdown; each task names it
 (`auto`: acc_norm where the task reports it, else acc, else its first metric).
 """
 
-from pydantic import BaseModel, Field
+from typing import ClassVar, Literal
 
-from .harness import TaskResult
-from .perplexity import Perplexity
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from ..checkpoint import DTYPES
 from ..data.sources import TextSource
+from ..schema import YamlModel
+from .harness import HEADLINES, TaskResult
+from .perplexity import KINDS, Perplexity
 
 SCHEMA = "midus.eval/1"
 FRACTIONS = ("acc", "acc_norm", "exact_match", "f1", "em", "mcc", "mc1", "mc2")  # shown as percentages
@@ -27,20 +31,44 @@ def is_fraction(metric: str) -> bool:
     return metric.split("[")[0] in FRACTIONS
 
 
-class EvalSettings(BaseModel):
-    tasks: list[str] = Field(default_factory=list, description="task names / presets as requested")
-    include_paths: list[str] = Field(default_factory=list, description="extra lm-eval task folders")
-    limit: int | float | None = Field(None, description="documents per task (lm-eval --limit; < 1: a fraction); None: all")
-    num_fewshot: int | None = Field(None, description="None: each task's own default (0 for most)")
-    batch_size: int = 8
-    headline: str = "auto"
-    device: str = "cpu"
-    dtype: str = "float32"
-    ppl_data: TextSource | None = Field(None, description="perplexity text; None: no perplexity")
-    ppl_kinds: list[str] = Field(default_factory=lambda: ["rolling", "document"])
-    ppl_max_length: int | None = Field(None, description="window / truncation; None: min(2048, positions)")
-    ppl_stride: int | None = Field(None, description="rolling window advance; None: half the window")
-    seed: int = 0
+class EvalSettings(YamlModel):
+    """What `midus eval` runs; every field is a `--set` key (and most have a flag of their own)."""
+
+    kind: ClassVar[str] = "eval settings"
+
+    tasks: list[str] = Field(default_factory=list, description="lm-eval task/group names or presets (paper, "
+                                                               "paper-math); comma-separated names are split")
+    include_paths: list[str] = Field(default_factory=list, description="folders of extra lm-eval task YAMLs "
+                                                                       "(e.g. an offline held-out task)")
+    limit: int | float | None = Field(None, gt=0, description="lm-eval: documents per task (a number < 1: a fraction); "
+                                                              "default: all")
+    num_fewshot: int | None = Field(None, ge=0, description="lm-eval: few-shot examples (default: each task's own, "
+                                                            "0 for most)")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    headline: Literal[HEADLINES] = Field("auto", description="headline metric: auto (acc_norm where reported, "
+                                                             "else acc), acc or acc_norm")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N")
+    dtype: Literal[tuple(DTYPES)] = Field("float32", description="dtype every model is loaded in")
+    ppl_data: TextSource | None = Field(None, description="perplexity text (default: no perplexity)")
+    ppl_kinds: list[Literal[KINDS]] = Field(["rolling", "document"], min_length=1,
+                                            description="rolling and/or document perplexity")
+    ppl_max_length: int | None = Field(None, ge=2, description="perplexity window / truncation in tokens "
+                                                               "(default: min(2048, the model's positions))")
+    ppl_stride: int | None = Field(None, ge=1, description="rolling perplexity: tokens the window advances by "
+                                                           "(default: half the window)")
+    seed: int = Field(0, description="lm-eval's random seeds (few-shot sampling)")
+
+    @field_validator("limit")
+    @classmethod
+    def _whole_limit(cls, value):
+        return int(value) if value is not None and value >= 1 else value  # 8.0 documents is 8, 0.5 a fraction
+
+    @model_validator(mode="after")
+    def _stride_within_window(self):
+        if self.ppl_stride and self.ppl_max_length and self.ppl_stride > self.ppl_max_length:
+            raise ValueError(f"ppl_stride: {self.ppl_stride} is beyond the window length ppl_max_length="
+                             f"{self.ppl_max_length}; it must be between 1 and the window length")
+        return self
 
 
 class ModelEval(BaseModel):

@@ -10,8 +10,8 @@ from ..data.sources import source_documents
 from ..errors import UsageError
 from ..load import check_model_name, load_model
 from ..parameters import count_parameters
-from .harness import HEADLINES, item_scores, load_tasks, resolve_tasks, run_tasks, task_manager
-from .perplexity import KINDS, perplexities
+from .harness import item_scores, load_tasks, resolve_tasks, run_tasks, task_manager
+from .perplexity import perplexities
 from .report import EvalReport, EvalSettings, ModelEval, is_fraction
 
 
@@ -45,12 +45,6 @@ def evaluate_models(names: list[str], settings: EvalSettings) -> EvalReport:
     that needs the network and unreadable perplexity data fail before any model is loaded."""
     if not settings.tasks and settings.ppl_data is None:
         raise UsageError("nothing to evaluate: give --tasks and/or --ppl-data")
-    if unknown := [k for k in settings.ppl_kinds if k not in KINDS]:
-        raise UsageError(f"perplexity kind {unknown[0]!r}: valid: {', '.join(KINDS)}")
-    if settings.headline not in HEADLINES:
-        raise UsageError(f"headline {settings.headline!r}: valid: {', '.join(HEADLINES)}")
-    if settings.ppl_stride and settings.ppl_max_length and settings.ppl_stride > settings.ppl_max_length:
-        raise UsageError(f"stride {settings.ppl_stride}: must be between 1 and the window length {settings.ppl_max_length}")
     for name in names:
         positions = check_model_name(name)
         if settings.ppl_data is not None and settings.ppl_max_length and positions and settings.ppl_max_length > positions:

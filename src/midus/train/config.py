@@ -5,7 +5,6 @@ import json
 import math
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from ..data.sources import DataConfig
@@ -128,14 +127,3 @@ class TrainConfig(YamlModel):
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'data.streaming=true' -> ('data.streaming', True): the value is read as YAML."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise TrainConfigError(f"override {text!r}: expected KEY=VALUE, e.g. max_steps=100 or data.streaming=true")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise TrainConfigError(f"override {text!r}: the value is not valid YAML") from None
