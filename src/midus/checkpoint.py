@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -20,6 +21,7 @@ from .model.configuration_midus import BASE_MODEL_TYPES
 # decoder families whose blocks are Llama blocks (norm, q/k/v/o attention, gated FFN)
 SUPPORTED_MODEL_TYPES = BASE_MODEL_TYPES
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DtypeName = Literal[tuple(DTYPES)]  # a settings field naming one of them
 MIDUS_AUTO_MAP = {
     "AutoConfig": "configuration_midus.MidusConfig",
     "AutoModel": "modeling_midus.MidusModel",

@@ -6,12 +6,12 @@ importance of its attention heads only; the memory analyses do not apply and the
 """
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, Field
 
-from ..checkpoint import DTYPES, check_family, check_out_dir, load_config, load_tokenizer
+from ..checkpoint import DtypeName, check_family, check_out_dir, load_config, load_tokenizer
 from ..errors import MidusError, UsageError
 from ..load import is_recipe, load_model
 from ..recipe import Recipe
@@ -38,7 +38,7 @@ class AnalyzeSettings(YamlModel):
     max_tokens: int = Field(16384, ge=1, description="at most this many tokens, in max_tokens // seq_len windows")
     batch_size: int = Field(8, ge=1, description="windows per forward pass")
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
-    dtype: Literal[tuple(DTYPES)] = Field("float32", description="dtype the model is loaded in")
+    dtype: DtypeName = Field("float32", description="dtype the model is loaded in")
     removal: bool = Field(True, description="measure head removal exactly (one pass per head); off: the gradient "
                                             "estimate only")
     permutations: int = Field(3, ge=0, description="fixed retrieval: random derangements of the projections per block")

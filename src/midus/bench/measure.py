@@ -26,11 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
-from ..checkpoint import DTYPES
+from ..checkpoint import DtypeName
 from ..errors import UsageError
 from ..load import LoadedModel, load_model, max_positions
 from ..model.compat import CACHE_ARG, OUTPUT_CACHE
@@ -44,7 +44,7 @@ class BenchSettings(YamlModel):
     kind: ClassVar[str] = "bench settings"
 
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
-    dtype: Literal[tuple(DTYPES)] = Field("float32", description="dtype of every model")
+    dtype: DtypeName = Field("float32", description="dtype of every model")
     batch_size: int = Field(1, ge=1, description="sequences per step")
     train_seq_len: int = Field(256, ge=2, description="tokens per sequence in the training step")
     prefill_len: int = Field(256, ge=1, description="prompt tokens of the prefill")

@@ -12,8 +12,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from ..errors import UsageError
+from ..checkpoint import DtypeName
 from ..data.sources import TextSource
+from ..errors import UsageError
+from ..evaluate.harness import HEADLINES
+from ..evaluate.perplexity import KINDS
 from ..recipe import METHODS, Recipe
 from ..schema import Strict, YamlModel, read_mapping
 from ..train.config import TrainConfig
@@ -119,7 +122,7 @@ class NoiseProbe(Strict):
 
 class PerplexitySpec(Strict):
     data: TextSource | None = Field(None, description="held-out text; default with an embedded base: its held-out part")
-    kinds: list[Literal["rolling", "document"]] = Field(["rolling", "document"], min_length=1)
+    kinds: list[Literal[KINDS]] = Field(list(KINDS), min_length=1)
     max_length: int | None = Field(None, ge=2, description="window / truncation (None: min(2048, positions))")
     stride: int | None = Field(None, ge=1, description="rolling window advance (None: half the window)")
     documents: int | None = Field(None, ge=1, description="documents spread evenly over the data (None: all)")
@@ -134,7 +137,7 @@ class EvaluationSpec(Strict):
     limit: int | float | None = Field(None, gt=0, description="documents per task (lm-eval --limit)")
     num_fewshot: int | None = Field(None, ge=0)
     batch_size: int = Field(8, ge=1)
-    headline: Literal["auto", "acc", "acc_norm"] = "auto"
+    headline: Literal[HEADLINES] = "auto"
     before_cpt: bool = Field(False, description="evaluate every grown model before CPT too (which methods keep the base "
                                                 "at insertion); a model identical to the base (max |Δlogits| = 0) takes "
                                                 "the base's figures")
@@ -183,7 +186,7 @@ class Experiment(YamlModel):
     identity_methods: list[str] = Field(["llama-pro", "midus"], description="methods whose logits must equal the "
                                                                             "base's at insertion (checked)")
     device: str = Field("cpu", description="cpu, cuda, cuda:N: evaluation and bench (CPT: the Trainer's device)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="of the grown models")
+    dtype: DtypeName = Field("float32", description="of the grown models")
     launcher: Launcher = Launcher()
     threads: int | None = Field(None, ge=1, description="torch CPU threads for every stage (None: torch's default); "
                                                         "one is often faster for a small model on a small CPU")

@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ..checkpoint import DTYPES
+from ..checkpoint import DtypeName
 from ..data.sources import TextSource
 from ..schema import YamlModel
 from .harness import HEADLINES, TaskResult
@@ -48,7 +48,7 @@ class EvalSettings(YamlModel):
     headline: Literal[HEADLINES] = Field("auto", description="headline metric: auto (acc_norm where reported, "
                                                              "else acc), acc or acc_norm")
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
-    dtype: Literal[tuple(DTYPES)] = Field("float32", description="dtype every model is loaded in")
+    dtype: DtypeName = Field("float32", description="dtype every model is loaded in")
     ppl_data: TextSource | None = Field(None, description="perplexity text (default: no perplexity)")
     ppl_kinds: list[Literal[KINDS]] = Field(["rolling", "document"], min_length=1,
                                             description="rolling and/or document perplexity")
