@@ -14,6 +14,7 @@ from ..checkpoint import DTYPES, check_family, check_out_dir, load_config, load_
 from ..errors import MidusError, UsageError
 from ..load import is_recipe, load_model
 from ..recipe import Recipe
+from ..report import Report
 from .data import batches_of, data_files, load_texts, token_windows
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
 from .head_importance import HeadImportance, head_importance
@@ -52,8 +53,7 @@ class AnalyzeSettings(BaseModel):
             raise UsageError(f"dtype {self.dtype!r}: valid: {', '.join(DTYPES)}")
 
 
-class Analysis(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class Analysis(Report, schema=SCHEMA):
     model: str
     model_type: str
     stack: str = Field(description="the layers: D decoder, M memory, P pkm; * added by growth")
@@ -67,8 +67,6 @@ class Analysis(BaseModel):
     head_importance: HeadImportance
     fixed_retrieval: FixedRetrieval | None
     usage: MemoryUsage | None
-
-    model_config = {"populate_by_name": True}
 
 
 def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True) -> Analysis:
