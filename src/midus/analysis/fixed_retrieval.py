@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from ..report import Report
 from .probes import NEGLIGIBLE_LOSS, Block, captured_retrieval, is_hive, memory_blocks, replayed_retrieval, scored_tokens, token_nll
 from .value_retraining import ValueRetraining
 
@@ -45,15 +46,12 @@ class BlockFixedRetrieval(BaseModel):
     shared_specificity: float | None = Field(description="shared_delta / memory_effect (None: removing the memory does not raise the loss)")
 
 
-class FixedRetrieval(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class FixedRetrieval(Report, schema=SCHEMA):
     baseline_loss: float
     tokens: int
     blocks: list[BlockFixedRetrieval]
     skipped: list[str] = Field(default_factory=list, description="memory blocks not analysed, and why")
     value_retraining: ValueRetraining | None = Field(None, description="the optional retraining of the value path")
-
-    model_config = {"populate_by_name": True}
 
 
 def derangement(heads: int, generator: torch.Generator) -> list[int]:

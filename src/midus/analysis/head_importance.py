@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from ..report import Report
 from .probes import Block, blocks, frozen, head_masks, mean_loss, scored_tokens, token_nll
 
 SCHEMA = "midus.analyze.head_importance/1"
@@ -33,8 +34,7 @@ class BlockImportance(BaseModel):
     taylor: list[float] = Field(description="per head: -dL/dmask_h at mask = 1, first-order estimate of `removal`")
 
 
-class HeadImportance(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class HeadImportance(Report, schema=SCHEMA):
     baseline_loss: float = Field(description="mean next-token NLL of the unchanged model")
     tokens: int = Field(description="scored tokens")
     all_memory_removal: float | None = Field(description="loss rise with every memory head removed (None: no memory block)")
@@ -42,8 +42,6 @@ class HeadImportance(BaseModel):
     rank_correlation: dict[str, dict[str, float | None]] = Field(
         description="Spearman correlations over all / memory / attention heads: gradient_vs_abs_removal "
                     "(gradient with |removal|) and taylor_vs_removal (signed); empty without removal")
-
-    model_config = {"populate_by_name": True}
 
 
 def head_importance(model, batches: list[torch.Tensor], *, removal: bool = True, progress: bool = True) -> HeadImportance:

@@ -2,20 +2,12 @@
 
 from pathlib import Path
 
+from ..plotting import save_figure, subplots
 from .fixed_retrieval import FixedRetrieval
 from .head_importance import HeadImportance
 from .usage import MemoryUsage
 
 ANNOTATE_CELLS = 256  # write the value in each heatmap cell up to this many cells
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def heatmap(ax, rows: list[list[float]], row_labels: list[str], title: str, cmap: str = "viridis") -> None:
@@ -36,29 +28,24 @@ def heatmap(ax, rows: list[list[float]], row_labels: list[str], title: str, cmap
 
 def plot_head_importance(result: HeadImportance, path: Path) -> Path:
     """Blocks x heads heatmaps: removal (loss rise) and the gradient estimate."""
-    plt = pyplot()
     panels = [("gradient", "gradient estimate E|dL/dmask_h|")]
     if any(block.removal is not None for block in result.blocks):
         panels.insert(0, ("removal", "loss rise when the head is removed"))
     labels = [block.label for block in result.blocks]
     height = 1.5 + 0.3 * len(labels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), height), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(5.5 * len(panels), height), squeeze=False)
     for ax, (measure, title) in zip(axes[0], panels):
         heatmap(ax, [getattr(block, measure) for block in result.blocks], labels, title,
                 cmap="magma" if measure == "removal" else "viridis")
     axes[0][0].set_ylabel("block (D/M/P: decoder/memory/pkm, *: new)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_fixed_retrieval(result: FixedRetrieval, path: Path) -> Path:
     """Per memory block: loss change of each way of realising the (fixed) retrieved latents."""
-    plt = pyplot()
     groups = [("identity", "P_h (identity)"), ("cyclic", "P_{h+s} (shifts)"), ("random", "P_pi(h) (random)"),
               ("shared", "mean P"), ("zero", "no memory")]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(result.blocks) + 2), 3.5))
+    fig, ax = subplots(figsize=(max(5.0, 1.6 * len(result.blocks) + 2), 3.5))
     width = 0.8 / len(groups)
     for g, (kind, label) in enumerate(groups):
         means = []
@@ -71,17 +58,13 @@ def plot_fixed_retrieval(result: FixedRetrieval, path: Path) -> Path:
     ax.set_xlabel("memory block")
     ax.set_ylabel("loss change (retrieval fixed)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_usage(result: MemoryUsage, path: Path) -> Path:
     """Per memory block: how often slots are retrieved, how peaked the weights are, head overlap."""
-    plt = pyplot()
     rows = len(result.blocks)
-    fig, axes = plt.subplots(rows, 3, figsize=(13, 2.8 * rows), squeeze=False)
+    fig, axes = subplots(rows, 3, figsize=(13, 2.8 * rows), squeeze=False)
     for (count_ax, weight_ax, overlap_ax), block in zip(axes, result.blocks):
         names = list(block.count_histogram)
         count_ax.bar(range(len(names)), list(block.count_histogram.values()))
@@ -95,7 +78,4 @@ def plot_usage(result: MemoryUsage, path: Path) -> Path:
         weight_ax.set_xlim(0, 1)
         heatmap(overlap_ax, block.jaccard, [str(h) for h in range(len(block.jaccard))], f"{block.label}: Jaccard of used slots")
         overlap_ax.set_ylabel("head")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -10,9 +10,11 @@
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
-from ..checkpoint import atomic_dir
+from ..checkpoint import check_out_dir
+from ..report import markdown_table, write_report_files
 from .head_importance import ranking
 from .probes import NEGLIGIBLE_LOSS
 from .plots import plot_fixed_retrieval, plot_head_importance, plot_usage
@@ -24,22 +26,17 @@ TOP = 5  # heads listed as most / least important
 
 
 def write_report(analysis: Analysis, out_dir: str | Path) -> list[Path]:
-    """Write every file of the report into the new folder `out_dir` (atomically); return their paths."""
-    names = []
-    with atomic_dir(out_dir) as folder:
-        for section in SECTIONS:
-            result = getattr(analysis, section)
-            if result is None:
-                continue
-            (folder / f"{section}.json").write_text(result.model_dump_json(indent=2, by_alias=True))
-            PLOTS[section](result, folder / f"{section}.png")
-            names += [f"{section}.json", f"{section}.png"]
-        meta = analysis.model_dump(mode="json", by_alias=True, exclude=set(SECTIONS))
-        meta["reports"] = {s: f"{s}.json" for s in SECTIONS if getattr(analysis, s) is not None}
-        (folder / "analysis.json").write_text(json.dumps(meta, indent=2))
-        (folder / "summary.md").write_text(summary_markdown(analysis))
-        names += ["analysis.json", "summary.md"]
-    return [Path(out_dir) / name for name in names]
+    """Write every file of the report into the new folder `out_dir`, all or none; return their paths."""
+    files = {}
+    for section in SECTIONS:
+        if (result := getattr(analysis, section)) is not None:
+            files[f"{section}.json"] = result.to_json()
+            files[f"{section}.png"] = partial(PLOTS[section], result)
+    meta = analysis.model_dump(mode="json", by_alias=True, exclude=set(SECTIONS))
+    meta["reports"] = {s: f"{s}.json" for s in SECTIONS if getattr(analysis, s) is not None}
+    files["analysis.json"] = json.dumps(meta, indent=2)
+    files["summary.md"] = summary_markdown(analysis)
+    return write_report_files(check_out_dir(out_dir), files)
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -48,10 +45,6 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 def share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def summary_markdown(analysis: Analysis) -> str:
@@ -130,8 +123,8 @@ def importance_section(analysis: Analysis) -> list[str]:
         return [[block.label, str(head), block.kind, fmt(block.removal[head] if block.removal else None),
                  f"{block.gradient[head]:.3g}"] for block, head, _ in selection]
 
-    lines += [f"Most important heads (by {measure}):", ""] + table(header, rows(ranked[:TOP])) + [""]
-    lines += [f"Least important heads (by {measure}):", ""] + table(header, rows(ranked[::-1][:TOP])) + [""]
+    lines += [f"Most important heads (by {measure}):", ""] + markdown_table(header, rows(ranked[:TOP])) + [""]
+    lines += [f"Least important heads (by {measure}):", ""] + markdown_table(header, rows(ranked[::-1][:TOP])) + [""]
 
     groups = {"memory heads": lambda b: b.kind == "memory",
               "attention heads of added blocks": lambda b: b.kind != "memory" and b.new,
@@ -146,7 +139,7 @@ def importance_section(analysis: Analysis) -> list[str]:
         group_rows.append([name, str(len(values)), fmt(sum(values) / len(values)), fmt(max(values)),
                            fmt(sum(whole) / len(whole)) if whole else "–"])
     lines += [f"By kind of head ({measure}):", ""]
-    lines += table(["heads", "count", "mean", "max", "mean whole-block removal"], group_rows) + [""]
+    lines += markdown_table(["heads", "count", "mean", "max", "mean whole-block removal"], group_rows) + [""]
 
     if measured:
         removals = [v for b in result.blocks for v in b.removal]
@@ -185,8 +178,8 @@ def fixed_retrieval_section(analysis: Analysis) -> list[str]:
         delta = {v.kind: v.delta for v in block.variants if v.kind in ("identity", "shared", "zero")}
         rows.append([block.label, fmt(delta["zero"]), fmt(delta["identity"], 6), fmt(block.permuted_delta),
                      fmt(delta["shared"]), fmt(block.head_specificity, 2), fmt(block.shared_specificity, 2)])
-    lines += table(["block", "no memory Δ", "identity Δ", "permuted Δ (mean)", "mean-P Δ", "head-specificity",
-                    "mean-P / no memory"], rows) + [""]
+    lines += markdown_table(["block", "no memory Δ", "identity Δ", "permuted Δ (mean)", "mean-P Δ", "head-specificity",
+                            "mean-P / no memory"], rows) + [""]
     identity = max(abs(v.delta) for b in result.blocks for v in b.variants if v.kind == "identity")
     replay = ("replaying the recorded retrieval reproduces the model" if identity < 1e-6 else
               "the replay does not reproduce the model exactly: low precision or a non-deterministic model")
@@ -206,8 +199,8 @@ def fixed_retrieval_section(analysis: Analysis) -> list[str]:
         rows = [[block.label, fit.name, f"{fit.parameters:,}", f"{fit.train_relative_mse:.3f}",
                  f"{fit.heldout_relative_mse:.3f}", fmt(fit.delta), share(fit.recovered)]
                 for block in result.value_retraining.blocks for fit in block.fits]
-        lines += table(["block", "map", "parameters", "relative MSE (fit)", "relative MSE (held-out)", "Δloss",
-                        "recovered"], rows) + [""]
+        lines += markdown_table(["block", "map", "parameters", "relative MSE (fit)", "relative MSE (held-out)", "Δloss",
+                                "recovered"], rows) + [""]
         wins = sum(fits["values"].recovered > fits["ffn"].recovered for fits in
                    ({f.name: f for f in b.fits} for b in result.value_retraining.blocks)
                    if fits["values"].recovered is not None and fits["ffn"].recovered is not None)
@@ -230,8 +223,8 @@ def usage_section(analysis: Analysis) -> list[str]:
                      share(min(1.0, block.tokens * block.topk / block.slots)), share(block.share_used_any_head),
                      f"{mean('normalized_entropy'):.3f}", "–" if block.mean_jaccard is None else f"{block.mean_jaccard:.3f}",
                      f"{mean('mean_max_weight'):.3f}", f"{mean('normalized_weight_entropy'):.3f}"])
-    lines += table(["block", "slots/head", "k", "slots used", "at most (N·k/S)", "used by any head", "usage entropy",
-                    "mean Jaccard", "mean max weight", "weight entropy"], rows) + [""]
+    lines += markdown_table(["block", "slots/head", "k", "slots used", "at most (N·k/S)", "used by any head", "usage entropy",
+                            "mean Jaccard", "mean max weight", "weight entropy"], rows) + [""]
     lines += [f"- {usage_verdict(block)}." for block in result.blocks]
     return lines + [""]
 

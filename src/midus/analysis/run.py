@@ -15,6 +15,7 @@ from ..checkpoint import DtypeName, check_family, check_out_dir, load_config, lo
 from ..errors import MidusError, UsageError
 from ..load import is_recipe, load_model
 from ..recipe import Recipe
+from ..report import Report
 from ..schema import YamlModel
 from .data import batches_of, data_files, load_texts, token_windows
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
@@ -49,8 +50,7 @@ class AnalyzeSettings(YamlModel):
     seed: int = Field(0, description="permutations, retraining and initialisation")
 
 
-class Analysis(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class Analysis(Report, schema=SCHEMA):
     model: str
     model_type: str
     stack: str = Field(description="the layers: D decoder, M memory, P pkm; * added by growth")
@@ -64,8 +64,6 @@ class Analysis(BaseModel):
     head_importance: HeadImportance
     fixed_retrieval: FixedRetrieval | None
     usage: MemoryUsage | None
-
-    model_config = {"populate_by_name": True}
 
 
 def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True) -> Analysis:

@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from ..report import Report
 from .probes import Block, captured_retrieval, retrieval_blocks
 
 SCHEMA = "midus.analyze.usage/1"
@@ -50,12 +51,9 @@ class BlockUsage(BaseModel):
     max_weight_histogram: list[float] = Field(description=f"share of (token, head) by max weight, {WEIGHT_BINS} bins over [0, 1]")
 
 
-class MemoryUsage(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class MemoryUsage(Report, schema=SCHEMA):
     tokens: int
     blocks: list[BlockUsage]
-
-    model_config = {"populate_by_name": True}
 
 
 class UsageCounter:

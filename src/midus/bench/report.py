@@ -26,6 +26,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from ..plotting import save_figure, subplots
+from ..report import Report, markdown_table
 from .measure import BenchSettings, Measurement, Stat
 
 SCHEMA = "midus.bench/2"
@@ -53,17 +55,11 @@ class ModelBench(Measurement):
                                                   "reference's, per TIMING_METRICS (where both have one)")
 
 
-class BenchReport(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class BenchReport(Report, schema=SCHEMA):
     settings: BenchSettings
     environment: dict[str, str | bool | int | None]
     reference: str
     models: list[ModelBench]
-
-    model_config = {"populate_by_name": True}
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2, by_alias=True)
 
     def to_markdown(self) -> str:
         return bench_markdown(self)
@@ -158,8 +154,7 @@ def added_markdown(report: BenchReport) -> list[str]:
     if not grown:
         return []
     header = ["model", "base", "blocks"] + [c[1] for c in ADDED_COLUMNS]
-    lines = ["", "Added cost per block, (model − base) ÷ blocks, run by run:", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for m in grown:
         cells = [m.name + (" (ref)" if m.name == report.reference else ""), m.base, str(m.added_per_block.blocks)]
         for metric, _, scale, fmt in ADDED_COLUMNS:
@@ -168,19 +163,18 @@ def added_markdown(report: BenchReport) -> list[str]:
             if ratio is not None and m.name != report.reference:
                 text += f" ({ratio:.2f}×)"
             cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return ["", "Added cost per block, (model − base) ÷ blocks, run by run:", "", *markdown_table(header, rows)]
 
 
 def bench_markdown(report: BenchReport) -> str:
     header = ["model", "weights", "layers"] + [c[1] for c in COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for m in report.models:
         show = m.name != report.reference
         cells = [m.name + (" (ref)" if not show else ""), m.weights, str(m.layers)]
-        cells += [_cell(m, metric, scale, fmt, show) for metric, _, scale, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += added_markdown(report)
+        rows.append(cells + [_cell(m, metric, scale, fmt, show) for metric, _, scale, fmt in COLUMNS])
+    lines = markdown_table(header, rows) + added_markdown(report)
     s, env = report.settings, report.environment
     how = (f"models taking turns in one process, {s.repeats} rounds after {s.warmup} warm-up runs each"
            if env.get("interleaved") else f"one fresh process per model, {s.repeats} runs after {s.warmup} warm-up")
@@ -206,13 +200,8 @@ CHART_PANELS = [  # metric, title, scale
 
 def bench_chart(report: BenchReport, path: str | Path) -> Path:
     """One PNG of bar charts, a panel per metric; timings carry min–max whiskers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [m.name for m in report.models]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = subplots(2, 3, figsize=(15, 8))
     colors = ["tab:gray" if n == report.reference else "tab:blue" for n in names]
     for ax, (metric, title, scale) in zip(axes.flat, CHART_PANELS):
         values = [(figure(m, metric) or 0) * scale for m in report.models]
@@ -229,8 +218,4 @@ def bench_chart(report: BenchReport, path: str | Path) -> Path:
                 ax.annotate(f"{ratio:.2f}×", (i, values[i]), ha="center", va="bottom", fontsize=8)
     fig.suptitle(f"midus bench ({report.environment.get('device_name')}, {report.settings.dtype}); "
                  f"grey = reference {Path(report.reference).name}")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

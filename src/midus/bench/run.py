@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_files
 from ..errors import MidusError, UsageError
 from ..load import check_model_name
+from ..report import write_report_files
 from .measure import BenchSettings, Measurement, MemoryProbe, check_lengths, measure_interleaved
 from .report import BenchReport, build_report
 
@@ -76,6 +76,5 @@ def bench(names: list[str], settings: BenchSettings | None = None, *, reference:
 
 def write_bench(report: BenchReport, out_dir: str | Path) -> list[Path]:
     """bench.md, bench.json and bench.png in `out_dir` (created), all or none."""
-    return write_files(out_dir, {"bench.md": lambda path: path.write_text(report.to_markdown()),
-                                 "bench.json": lambda path: path.write_text(report.to_json() + "\n"),
-                                 "bench.png": report.plot})
+    return write_report_files(out_dir, {"bench.md": report.to_markdown(), "bench.json": report.to_json() + "\n",
+                                        "bench.png": report.plot})

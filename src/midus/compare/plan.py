@@ -5,6 +5,7 @@ from ..assets import package_dir, package_file
 from ..checkpoint import load_config
 from ..data.wikipedia import PACKAGE as WIKI_PACKAGE
 from ..errors import MidusError, UsageError, warn
+from ..report import markdown_table
 from .experiment import EMBEDDED_MC_TASK, Experiment, ExperimentError, GgufBase
 
 PLACEHOLDER_DATA = {"files": ["corpus-cpt-part.jsonl"]}  # the corpus's CPT part, before the corpus exists
@@ -92,13 +93,12 @@ def plan(experiment: Experiment, config=None) -> dict:
 def plan_markdown(summary: dict) -> str:
     ref = next(r for r in summary["methods"] if r["method"] == summary["reference"])
     lines = [f"# plan: {summary['experiment']} (base {summary['base']}, {summary['base_layers']} layers; "
-             f"seeds {', '.join(map(str, summary['seeds']))})", "",
-             "| method | recipe | layers | parameters | added | trainable | FLOPs/token | CPT tokens per run | runs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in summary["methods"]:
-        ratio = f" ({r['added'] / ref['added']:.2f}×)" if ref["added"] else ""
-        lines.append(f"| {r['method']} | {r['recipe_method']} | {r['layers']} | {r['parameters']:,} | {r['added']:,}{ratio} "
-                     f"| {r['trainable']:,} | {r['flops_per_token']:,} | {r['cpt_tokens_per_run']:,} | {r['runs']} |")
+             f"seeds {', '.join(map(str, summary['seeds']))})", ""]
+    header = ["method", "recipe", "layers", "parameters", "added", "trainable", "FLOPs/token", "CPT tokens per run", "runs"]
+    rows = [[r["method"], r["recipe_method"], str(r["layers"]), f"{r['parameters']:,}",
+             f"{r['added']:,}" + (f" ({r['added'] / ref['added']:.2f}×)" if ref["added"] else ""), f"{r['trainable']:,}",
+             f"{r['flops_per_token']:,}", f"{r['cpt_tokens_per_run']:,}", str(r["runs"])] for r in summary["methods"]]
+    lines += markdown_table(header, rows, "llrrrrrrr")
     lines += ["", f"CPT in all: {summary['cpt_tokens']:,} tokens; {summary['stages']} stages. (×) = added parameters "
               f"relative to {summary['reference']}. FLOPs/token: forward, at the CPT sequence length."]
     return "\n".join(lines) + "\n"

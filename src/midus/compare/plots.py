@@ -5,6 +5,7 @@ renamed, so no PNG is ever half-written."""
 from pathlib import Path
 
 from ..growth.registry import METHODS
+from ..plotting import save_figure, subplots
 from .report import CompareReport, label
 
 BASE_COLOR = "black"
@@ -17,30 +18,12 @@ def color(method: str, default: str | None = None) -> str | None:
     return METHODS[method].color if method in METHODS else default
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    figure.tight_layout()
-    figure.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
-
-
 def loss_curves(report: CompareReport, path: Path) -> Path | None:
     first = report.experiment["seeds"][0]
     runs = [r for r in report.runs if r.seed == first and r.cpt is not None and r.cpt.curve]
     if not runs:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = subplots(figsize=(8, 5))
     for r in runs:
         line_color = color(r.method)
         axis.plot(*zip(*r.cpt.curve), color=line_color, linewidth=1.2, label=f"{label(r.method)} train")
@@ -51,9 +34,7 @@ def loss_curves(report: CompareReport, path: Path) -> Path | None:
     axis.set_title(f"Continued pre-training, seed {first}: training loss (solid), held-out loss (dashed)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    _save(figure, path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def memory_use(report: CompareReport, path: Path) -> Path | None:
@@ -62,8 +43,7 @@ def memory_use(report: CompareReport, path: Path) -> Path | None:
     runs = [r for r in report.runs if r.seed == first and r.cpt is not None and r.cpt.memory_curve]
     if not runs:
         return None
-    plt = _pyplot()
-    figure, (share, removal) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure, (share, removal) = subplots(1, 2, figsize=(11, 4.5))
     for r in runs:
         tokens, shares, removals = zip(*r.cpt.memory_curve)
         share.plot(tokens, shares, "o-", color=color(r.method), label=label(r.method))
@@ -75,9 +55,7 @@ def memory_use(report: CompareReport, path: Path) -> Path | None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"Does the memory get used? Seed {first}, at every CPT evaluation")
-    _save(figure, path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def params_vs_perplexity(report: CompareReport, path: Path) -> Path | None:
@@ -85,8 +63,7 @@ def params_vs_perplexity(report: CompareReport, path: Path) -> Path | None:
     runs = [r for r in report.rows if r.params_added is not None and kind in r.perplexity and r.method != "base"]
     if not runs:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure, axis = subplots(figsize=(7, 5))
     for i, r in enumerate(sorted(runs, key=lambda r: (r.params_added, r.perplexity[kind]))):
         axis.errorbar(r.params_added / 1e3, r.perplexity[kind], yerr=r.perplexity_spread.get(kind), fmt="o",
                       markersize=8, capsize=4, color=color(r.method))
@@ -100,9 +77,7 @@ def params_vs_perplexity(report: CompareReport, path: Path) -> Path | None:
                    + (f"\n(the base before CPT: {base.perplexity[kind]:.2f})" if base and kind in base.perplexity else ""),
                    fontsize=10)
     axis.grid(alpha=0.3)
-    _save(figure, path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def accuracy_bars(report: CompareReport, path: Path) -> Path | None:
@@ -112,8 +87,7 @@ def accuracy_bars(report: CompareReport, path: Path) -> Path | None:
     rows = [r for r in report.rows if r.tasks]
     if not tasks or not rows:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(tasks) * len(rows) / 3), 4.5))
+    figure, axis = subplots(figsize=(max(6, 1.6 * len(tasks) * len(rows) / 3), 4.5))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
         values = [100 * r.tasks[t].value if t in r.tasks else 0 for t in tasks]
@@ -126,17 +100,14 @@ def accuracy_bars(report: CompareReport, path: Path) -> Path | None:
     axis.set_title("Per task, mean over seeds; whiskers: standard error of one run or half the seed range", fontsize=9)
     axis.grid(alpha=0.3, axis="y")
     axis.legend(fontsize=7, ncol=min(4, len(rows)))
-    _save(figure, path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def latency_bars(report: CompareReport, path: Path) -> Path | None:
     methods = [m for m in ["base", *[m["name"] for m in report.experiment["methods"]]] if m in report.bench]
     if not methods:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = subplots(figsize=(8, 4.5))
     figures = [report.bench[m] for m in methods]
     values = [f.decode_ms_per_token for f in figures]
     errors = [[f.decode_ms_per_token - f.decode_ms_low for f in figures],
@@ -152,9 +123,7 @@ def latency_bars(report: CompareReport, path: Path) -> Path | None:
     axis.set_title("Decode latency with the KV cache (median over rounds, whiskers: lowest and highest round); "
                    f"× = ratio to {label(report.reference)}", fontsize=9)
     axis.grid(alpha=0.3, axis="y")
-    _save(figure, path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def before_after(report: CompareReport, path: Path) -> Path | None:
@@ -164,8 +133,7 @@ def before_after(report: CompareReport, path: Path) -> Path | None:
             and "document" in r.before_cpt.perplexity and "document" in r.perplexity]
     if not runs:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = subplots(figsize=(8, 4.5))
     x = range(len(runs))
     axis.bar([i - 0.2 for i in x], [r.before_cpt.perplexity["document"] for r in runs], width=0.4, color="lightgray",
              edgecolor="black", label="before CPT (at insertion)")
@@ -178,7 +146,7 @@ def before_after(report: CompareReport, path: Path) -> Path | None:
     axis.set_ylabel("Wiki-PPL (per document) ↓")
     axis.set_title("Held-out perplexity before and after CPT")
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_plots(report: CompareReport, out_dir: Path) -> list[Path]:

@@ -22,6 +22,7 @@ import statistics
 from pydantic import BaseModel, Field
 
 from ..growth.registry import METHODS
+from ..report import Report, markdown_table
 from .stats import PairedTest, describe, format_p, paired_accuracy, paired_perplexity
 
 SCHEMA = "midus.compare/1"
@@ -154,8 +155,7 @@ class BenchFigures(BaseModel):
     decode_ms_high: float = Field(description="the highest round's decode latency")
 
 
-class CompareReport(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class CompareReport(Report, schema=SCHEMA):
     command: str
     experiment: dict
     environment: dict
@@ -174,10 +174,8 @@ class CompareReport(BaseModel):
     reference: str
     total_seconds: float = 0.0
 
-    model_config = {"populate_by_name": True}
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2, by_alias=True)
+    def to_markdown(self) -> str:
+        return to_markdown(self)
 
     def row(self, method: str) -> Row | None:
         return next((r for r in self.rows if r.method == method), None)
@@ -335,7 +333,7 @@ def table(report: CompareReport) -> list[str]:
     if len(tasks) > 1:
         header.append("Avg acc % ↑")
     header += ["Train tok/s ↑", "Decode ms/tok ↓"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    rows = []
     for r in report.rows:
         b = report.bench.get(r.method)
         cells = [label(r.method) + (" (ref)" if r.method == report.reference else ""), _num(r.layers, "d"),
@@ -351,8 +349,8 @@ def table(report: CompareReport) -> list[str]:
                   + _ratio(b.train_tokens_per_s, ref_bench and ref_bench.train_tokens_per_s),
                   "—" if b is None else f"{b.decode_ms_per_token:.2f}"
                   + _ratio(b.decode_ms_per_token, ref_bench and ref_bench.decode_ms_per_token)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return markdown_table(header, rows, "l" + "r" * (len(header) - 1))
 
 
 def _pct(value: float | None) -> str:
@@ -393,7 +391,7 @@ def before_table(report: CompareReport) -> list[str]:
     tasks = {t: s.metric for t, s in base.tasks.items()}
     header = ["Method", "Layers", "max \\|Δlogits\\| vs base", *[f"PPL {k} ↓" for k in kinds],
               *[f"{t} ({m}) ↑" for t, m in tasks.items()], *(["Avg acc % ↑"] if len(tasks) > 1 else [])]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    rows = []
     for run, scores in [(base, base), *((r, r.before_cpt) for r in runs)]:
         identity = "0 (the base)" if run is base else f"{run.identity.max_abs_diff:.2g}" if run.identity else "—"
         cells = [label(run.method) + (" = base" if getattr(scores, "same_as_base", False) else ""), _num(run.layers, "d"),
@@ -404,8 +402,8 @@ def before_table(report: CompareReport) -> list[str]:
         accuracies = [scores.tasks[t].value for t in tasks if t in scores.tasks and tasks[t].startswith("acc")]
         if len(tasks) > 1:
             cells.append(f"{100 * statistics.fmean(accuracies):.2f}" if accuracies else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    return ["## Before CPT: the grown models at insertion", "", *lines, "",
+        rows.append(cells)
+    return ["## Before CPT: the grown models at insertion", "", *markdown_table(header, rows, "l" + "r" * (len(header) - 1)), "",
             f"Seed {seed}. (×) = ratio to the base. '= base': identical to the base at insertion (max |Δlogits| = 0 on "
             "held-out tokens), so not evaluated again.", ""]
 
@@ -424,14 +422,14 @@ def paired_lines(report: CompareReport) -> list[str]:
         beyond = [describe(t, label) for t in tests if t.beyond]
         out.append(f"- {stage[0].upper() + stage[1:]}: {len(beyond)} of {len(tests)} gaps beyond noise"
                    + (": " + "; ".join(beyond) if beyond else "") + ".")
-    out += ["", "| Method | Stage | Figure | n | Value | Reference | Gap (95% CI) | p | |", "|---|---|---|---:|---:|---:|---|---:|---|"]
+    rows = []
     for t in report.paired:
         scale, unit = (1, "") if t.figure == "wiki_ppl" else (100, " pts")
-        cells = [label(t.method), t.stage, t.figure, str(t.n), f"{scale * t.value:.2f}", f"{scale * t.reference_value:.2f}",
-                 f"{scale * t.gap:+.2f}{unit} ({scale * t.low:+.2f} to {scale * t.high:+.2f})",
-                 format_p(t.p_value), "beyond noise" if t.beyond else "within noise"]
-        out.append("| " + " | ".join(cells) + " |")
-    return out + [""]
+        rows.append([label(t.method), t.stage, t.figure, str(t.n), f"{scale * t.value:.2f}",
+                     f"{scale * t.reference_value:.2f}", f"{scale * t.gap:+.2f}{unit} ({scale * t.low:+.2f} to {scale * t.high:+.2f})",
+                     format_p(t.p_value), "beyond noise" if t.beyond else "within noise"])
+    header = ["Method", "Stage", "Figure", "n", "Value", "Reference", "Gap (95% CI)", "p", ""]
+    return out + ["", *markdown_table(header, rows, "lllrrrlrl"), ""]
 
 
 def memory_lines(report: CompareReport) -> list[str]:
@@ -443,10 +441,10 @@ def memory_lines(report: CompareReport) -> list[str]:
              "At CPT's last evaluation, on its held-out sequences: the memory's share of the residual stream "
              "(mean over tokens of ‖m‖ / ‖x‖, m the memory's output, x the stream it is added to), and the held-out "
              "loss change when the memory is removed (every memory block at once, and the block that matters most). "
-             "Figure: `memory.png`.", "",
-             "| Method | Seed | Memory blocks | Share, mean | Share, max | Δloss without memory (nats) | "
-             "Δloss, one block (max) | Share at each evaluation | CPT tok/s | Wall s (grow, CPT, eval) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "Figure: `memory.png`.", ""]
+    header = ["Method", "Seed", "Memory blocks", "Share, mean", "Share, max", "Δloss without memory (nats)",
+              "Δloss, one block (max)", "Share at each evaluation", "CPT tok/s", "Wall s (grow, CPT, eval)"]
+    rows = []
     for run in runs:
         memory = run.cpt.memory
         shares = [v for k, v in memory.items() if k.startswith("share/") and k[6:].isdigit()]
@@ -454,10 +452,10 @@ def memory_lines(report: CompareReport) -> list[str]:
         top = max(removals, key=lambda k: abs(removals[k]))
         curve = ", ".join(f"{share:.3g}" for _, share, _ in run.cpt.memory_curve)
         wall = sum(st.seconds for st in report.stages if st.method == run.method and st.seed == run.seed)
-        lines.append(f"| {label(run.method)} | {run.seed} | {len(shares)} | {memory['share/mean']:.3g} | {max(shares):.3g} | "
-                     f"{memory['removal/all']:+.4f} | {removals[top]:+.4f} (layer {top}) | {curve} | "
-                     f"{_num(run.cpt.tokens_per_s, '.0f')} | {wall:.0f} |")
-    return lines + [""]
+        rows.append([label(run.method), str(run.seed), str(len(shares)), f"{memory['share/mean']:.3g}", f"{max(shares):.3g}",
+                     f"{memory['removal/all']:+.4f}", f"{removals[top]:+.4f} (layer {top})", curve,
+                     _num(run.cpt.tokens_per_s, ".0f"), f"{wall:.0f}"])
+    return lines + markdown_table(header, rows, "lrrrrrrlrr") + [""]
 
 
 def analysis_lines(report: CompareReport) -> list[str]:
@@ -521,10 +519,10 @@ def to_markdown(report: CompareReport) -> str:
                f"{sum(st.seconds for st in report.stages) / 60:.1f} min in all"
                + (f" (this invocation {report.total_seconds / 60:.1f} min, the rest by earlier ones)"
                   if any(st.resumed for st in report.stages) else f"; total {report.total_seconds / 60:.1f} min") + ".")
-    out += ["", "## Stages", "", "| stage | method | seed | status | seconds |", "|---|---|---|---|---:|"]
-    for st in report.stages:
-        status = (st.status if st.error is None else f"{st.status}: {st.error}") + (" (earlier run)" if st.resumed else "")
-        out.append(f"| {st.stage} | {st.method or ''} | {'' if st.seed is None else st.seed} | {status} | {st.seconds:.1f} |")
+    rows = [[st.stage, st.method or "", "" if st.seed is None else str(st.seed),
+             (st.status if st.error is None else f"{st.status}: {st.error}") + (" (earlier run)" if st.resumed else ""),
+             f"{st.seconds:.1f}"] for st in report.stages]
+    out += ["", "## Stages", "", *markdown_table(["stage", "method", "seed", "status", "seconds"], rows, "llllr")]
     if failures := report.failures():
         out += ["", "**Failed stages:** " + "; ".join(f"{f.stage} {f.method or ''}: {f.error}" for f in failures)]
     return "\n".join(out) + "\n"

@@ -34,13 +34,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ..checkpoint import atomic_write_text, write_files
+from ..checkpoint import atomic_write_text
 from ..bench.measure import torch_threads
 from ..errors import MidusError, UsageError
+from ..report import write_report_files
 from ..train.lock import LOCK_FILE, clear_but_lock, folder_lock
 from ..train.preemption import Preempted, PreemptionFlag, catch_preemption
 from .experiment import EMBEDDED_MC_TASK, Experiment, GgufBase
-from .report import BenchFigures, CompareReport, Cpt, Identity, Run, Scores, StageRecord, TaskScore, to_markdown
+from .report import BenchFigures, CompareReport, Cpt, Identity, Run, Scores, StageRecord, TaskScore
 
 EXPERIMENT_FILE = "experiment.yaml"  # the validated experiment this folder holds
 STAGES_DIR = "stages"
@@ -412,9 +413,8 @@ class Comparison:
         from .plots import write_plots
 
         self.report.summarise()
-        json_text, markdown = self.report.to_json() + "\n", to_markdown(self.report)
-        write_files(self.out, {"results.json": lambda path: path.write_text(json_text),  # both or neither:
-                               "results.md": lambda path: path.write_text(markdown)})  # a full disk replaces nothing
+        write_report_files(self.out, {"results.json": self.report.to_json() + "\n",  # both or neither:
+                                      "results.md": self.report.to_markdown()})  # a full disk replaces nothing
         if plots:
             try:
                 write_plots(self.report, self.out)

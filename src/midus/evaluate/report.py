@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..checkpoint import DtypeName
 from ..data.sources import TextSource
+from ..report import Report, markdown_table
 from ..schema import YamlModel
 from .harness import HEADLINES, TaskResult
 from .perplexity import KINDS, Perplexity
@@ -82,15 +83,9 @@ class ModelEval(BaseModel):
                                           description="per task, every item's headline metric (with `items=True`)")
 
 
-class EvalReport(BaseModel):
-    schema_id: str = Field(SCHEMA, alias="schema")
+class EvalReport(Report, schema=SCHEMA):
     settings: EvalSettings
     models: list[ModelEval]
-
-    model_config = {"populate_by_name": True}
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2, by_alias=True)
 
     def to_markdown(self) -> str:
         return eval_markdown(self)
@@ -108,13 +103,14 @@ def eval_markdown(report: EvalReport) -> str:
     headlines = {t.task: t.headline for m in report.models for t in m.tasks}
     header = ["model", "params"] + [{"rolling": "PPL (rolling) ↓", "document": "Wiki-PPL (per doc) ↓"}[k] for k in kinds]
     header += [f"{t} ({headlines[t]})" for t in tasks] + (["avg"] if tasks else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for m in report.models:
         by_task = {t.task: t for t in m.tasks}
         cells = [m.name, f"{m.parameters:,}"] + [f"{m.perplexity[k].value:.3f}" if k in m.perplexity else "" for k in kinds]
         cells += [_fmt(by_task[t].headline, by_task[t].value, by_task[t].stderr) if t in by_task else "" for t in tasks]
         cells += [f"{100 * m.average:.2f}" if m.average is not None else ""] if tasks else []
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = markdown_table(header, rows)
     s = report.settings
     notes = [f"Device {s.device}, dtype {s.dtype}, batch size {s.batch_size}."]
     if tasks:
@@ -133,12 +129,7 @@ def eval_markdown(report: EvalReport) -> str:
 
 def _metric_table(report: EvalReport) -> list[str]:
     """Every metric of every task: acc and acc_norm side by side, with stderr."""
-    lines = ["| model | task | samples | metric | value | stderr |", "|---|---|---|---|---|---|"]
-    for m in report.models:
-        for t in m.tasks:
-            for name, metric in t.metrics.items():
-                mark = " (headline)" if name == t.headline else ""
-                stderr = _fmt(name, metric.stderr) if metric.stderr is not None else ""
-                lines.append(f"| {m.name} | {t.task} | {t.samples if t.samples is not None else ''} | {name}{mark} | "
-                             f"{_fmt(name, metric.value)} | {stderr} |")
-    return lines
+    rows = [[m.name, t.task, "" if t.samples is None else str(t.samples), name + (" (headline)" if name == t.headline else ""),
+             _fmt(name, metric.value), "" if metric.stderr is None else _fmt(name, metric.stderr)]
+            for m in report.models for t in m.tasks for name, metric in t.metrics.items()]
+    return markdown_table(["model", "task", "samples", "metric", "value", "stderr"], rows)

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_files
 from ..data.sources import source_documents
 from ..errors import UsageError
 from ..load import check_model_name, load_model
 from ..parameters import count_parameters
+from ..report import write_report_files
 from .harness import item_scores, load_tasks, resolve_tasks, run_tasks, task_manager
 from .perplexity import perplexities
 from .report import EvalReport, EvalSettings, ModelEval, is_fraction
@@ -67,5 +67,4 @@ def evaluate_models(names: list[str], settings: EvalSettings) -> EvalReport:
 
 def write_report(report, out_dir: str | Path, stem: str) -> list[Path]:
     """`stem`.md and `stem`.json in `out_dir` (created), both or neither; returns the paths."""
-    return write_files(out_dir, {f"{stem}.md": lambda path: path.write_text(report.to_markdown()),
-                                 f"{stem}.json": lambda path: path.write_text(report.to_json() + "\n")})
+    return write_report_files(out_dir, {f"{stem}.md": report.to_markdown(), f"{stem}.json": report.to_json() + "\n"})

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from ..checkpoint import DTYPES, atomic_dir, check_family, check_out_dir, load_config, load_tokenizer, resolve, save_model
 from ..parameters import count_parameters
 from ..recipe import RECIPE_FILE, Recipe
+from ..report import markdown_table
 from .registry import METHODS
 from .weights import BaseWeights, open_base
 
@@ -81,16 +82,11 @@ def model_card(recipe: Recipe, grown: PreTrainedModel, base_params: int) -> str:
         "",
         f"Grown with `midus` by the recipe in `{RECIPE_FILE}`.",
         "",
-        "| | |",
-        "|---|---|",
-        f"| base | `{recipe.base}` |",
-        f"| method | `{recipe.method}` |",
-        f"| placement | `{recipe.placement}` |",
-        f"| new blocks | {recipe.new_blocks} |",
-        f"| layers | {grown.config.num_hidden_layers} |",
-        f"| parameters | {total:,} |",
-        f"| base parameters | {base_params:,} |",
-        f"| added parameters | {added:,} ({added / base_params:.2%} of the base) |",
+        *markdown_table(["", ""], [
+            ["base", f"`{recipe.base}`"], ["method", f"`{recipe.method}`"], ["placement", f"`{recipe.placement}`"],
+            ["new blocks", str(recipe.new_blocks)], ["layers", str(grown.config.num_hidden_layers)],
+            ["parameters", f"{total:,}"], ["base parameters", f"{base_params:,}"],
+            ["added parameters", f"{added:,} ({added / base_params:.2%} of the base)"]]),
     ]
     if stack:
         lines += ["", f"Stack (D decoder block, M memory block, P pkm block): `{stack}`"]

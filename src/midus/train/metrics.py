@@ -3,6 +3,8 @@ contributes at every evaluation (its share of the residual stream and the loss c
 
 from pathlib import Path
 
+from ..plotting import save_figure, subplots
+
 MEMORY_PANELS = (("eval_memory_share/", "memory share ||m|| / ||x||"),
                  ("eval_memory_removal/", "held-out loss change without\nthe memory (nats/token)"))
 
@@ -20,15 +22,10 @@ def plot_loss(records: list[dict], path: Path) -> None:
     train = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "train"]
     if not train:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tokens_per_step = train[-1][0] / max(1, next(r["step"] for r in reversed(records) if r.get("kind") == "train"))
     evals = [(r["step"] * tokens_per_step, r) for r in records if r.get("kind") == "eval"]
     panels = [(prefix, label, curves) for prefix, label in MEMORY_PANELS if (curves := memory_curves(evals, prefix))]
-    figure, axes = plt.subplots(1 + len(panels), 1, figsize=(7, 4 + 2.5 * len(panels)), sharex=True, squeeze=False)
+    figure, axes = subplots(1 + len(panels), 1, figsize=(7, 4 + 2.5 * len(panels)), sharex=True, squeeze=False)
     axis = axes[0, 0]
     axis.plot(*zip(*train), label="train loss", linewidth=1)
     if evals:
@@ -45,8 +42,4 @@ def plot_loss(records: list[dict], path: Path) -> None:
     for row in axes:
         row[0].grid(alpha=0.3)
     axes[-1, 0].set_xlabel("training tokens")
-    figure.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    tmp.replace(path)
+    save_figure(figure, path)
