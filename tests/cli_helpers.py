@@ -1,4 +1,13 @@
-"""Assertions shared by the CLI tests."""
+"""Invocation and assertions shared by the CLI tests."""
+
+from typer.testing import CliRunner
+
+from midus.cli import app
+
+
+def run_cli(*args):
+    """`midus ARGS...` in-process (arguments may be paths); stdout and stderr kept apart."""
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def assert_one_line_error(result, *fragments: str, code: int | None = None, other_lines: bool = False):

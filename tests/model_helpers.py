@@ -32,12 +32,19 @@ METHOD_FIELDS = {
 }
 
 
-def recipe(base_dir, method, **fields) -> Recipe:
-    return Recipe.parse({"base": str(base_dir), "method": method, "dtype": "float32",
-                         **METHOD_FIELDS[method], **fields})
+def recipe(base_dir, method="midus", *, memory=None, lesa=None, **fields) -> Recipe:
+    """The recipe growing the tiny `base_dir` by `method` with METHOD_FIELDS' tiny settings, in float32;
+    `fields` (new_blocks, placement, seed, ...) replace those, and `memory` / `lesa` update their sections
+    key by key ({"share_bank": True} keeps the tiny sizes)."""
+    data = {"base": str(base_dir), "method": method, "dtype": "float32", **METHOD_FIELDS[method], **fields}
+    for section, updates in (("memory", memory), ("lesa", lesa)):
+        if updates is not None:
+            data[section] = {**data.get(section, {}), **updates}
+    return Recipe.parse(data)
 
 
-def grow(base_dir, method, **fields):
+def grow(base_dir, method="midus", **fields):
+    """The tiny `base_dir` grown by `recipe(base_dir, method, **fields)`, in eval mode."""
     return midus.upscale(str(base_dir), recipe(base_dir, method, **fields)).eval()
 
 

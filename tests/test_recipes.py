@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import midus
 from midus import Recipe
 from midus.recipe import METHODS
+from model_helpers import grow
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 GROWTH_RECIPES = sorted(p for folder in ("paper-1b", "paper-8b", "tiny") for p in (RECIPES / folder).glob("*.yaml"))
@@ -35,10 +35,10 @@ def test_recipe_is_valid(path):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_tiny_recipe_grows_the_example_base(tiny_base, method):
     recipe = Recipe.from_yaml(RECIPES / "tiny" / f"{method}.yaml")
-    fields = {**recipe.model_dump(exclude_none=True), "base": str(tiny_base)}
+    fields = recipe.model_dump(exclude_none=True, exclude={"base"})  # every field, so grow's tiny defaults yield
     if method == "lesa":
-        fields["lesa"] = {**fields["lesa"], "epochs": 1}  # the paper's 10 epochs are tested in tests/upscale
-    grown = midus.upscale(str(tiny_base), Recipe.parse(fields))
+        fields["lesa"]["epochs"] = 1  # the paper's 10 epochs are tested in tests/growth
+    grown = grow(tiny_base, **fields)
     assert grown.config.num_hidden_layers == (4 if method == "none" else 6)
     with torch.no_grad():
         assert torch.isfinite(grown(torch.tensor([[5, 6, 7, 8]])).logits).all()

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from .data.tokenizer import train_bpe_tokenizer
 
 
-def _sample_text() -> list[str]:
+def sample_text() -> list[str]:
     """Docstrings of a few standard-library modules: text that every Python install carries."""
     import collections, json, pathlib, textwrap  # noqa: E401
 
@@ -27,7 +27,7 @@ def write_tiny_llama(out_dir: str | Path, *, layers: int = 4, hidden_size: int =
     """Write a randomly initialised LlamaForCausalLM with a BPE tokenizer to `out_dir`: `tokenizer`, or
     one of `vocab_size` trained on a few docstrings."""
     if tokenizer is None:
-        tokenizer = train_bpe_tokenizer(_sample_text(), vocab_size)
+        tokenizer = train_bpe_tokenizer(sample_text(), vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,

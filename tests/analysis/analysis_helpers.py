@@ -1,20 +1,8 @@
-"""Tiny grown models and data for the analysis tests."""
+"""Data for the analysis tests (their tiny models grow by model_helpers.grow)."""
 
 import inspect
 
 import torch
-
-import midus
-from midus import Recipe
-from model_helpers import TINY_MEMORY
-
-
-def grow(base_dir, method="midus", placement="top-heavy", new_blocks=2, **memory):
-    fields = {"base": str(base_dir), "method": method, "new_blocks": new_blocks, "placement": placement, "dtype": "float32"}
-    if method in ("midus", "pkm"):
-        fields["memory"] = {**TINY_MEMORY, **memory}
-    recipe = Recipe.parse(fields)
-    return midus.upscale(str(base_dir), recipe).eval()
 
 
 def token_batches(windows=4, seq_len=24, batch_size=2, seed=0, vocab=500):

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from analysis_helpers import grow, heldout_text
-from model_helpers import random_memory
+from analysis_helpers import heldout_text
+from model_helpers import grow, random_memory
 from transformers import AutoTokenizer
 
 from midus.checkpoint import save_model

@@ -4,18 +4,15 @@ one line, non-zero exit, no report folder."""
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from midus.cli import app
-from cli_helpers import assert_one_line_error
+from cli_helpers import assert_one_line_error, run_cli
 
-runner = CliRunner()
 FAST = ["--seq-len", "32", "--max-tokens", "256", "--batch-size", "4"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run(*args):
-    return runner.invoke(app, ["analyze", *(str(a) for a in args)])
+    return run_cli("analyze", *args)
 
 
 def assert_failed(result, out, *fragments, code=None):

@@ -3,7 +3,8 @@ and ranks heads like removal where one head matters."""
 
 import pytest
 import torch
-from analysis_helpers import grow, token_batches
+from analysis_helpers import token_batches
+from model_helpers import grow
 from transformers import AutoModelForCausalLM
 
 from midus.analysis import head_importance, head_masks, mean_loss

@@ -5,7 +5,8 @@ import math
 
 import pytest
 import torch
-from analysis_helpers import grow, token_batches
+from analysis_helpers import token_batches
+from model_helpers import grow
 
 from midus.analysis import UsageCounter, memory_usage
 from midus.analysis.probes import Block
@@ -64,6 +65,6 @@ def test_usage_stays_within_bounds(grown):
 
 
 def test_usage_of_pkm_blocks(tiny_base):
-    model = grow(tiny_base, method="pkm", pkm_heads=2, pkm_key_dim=8)
+    model = grow(tiny_base, "pkm", memory={"latent_dim": 16, "pkm_key_dim": 8})
     result = memory_usage(model, token_batches(windows=2), progress=False)
     assert [(b.layer, b.kind, len(b.heads)) for b in result.blocks] == [(2, "pkm", 2), (4, "pkm", 2)]

@@ -12,9 +12,9 @@ from midus.cli import app
 from midus.load import load_model
 from midus.parameters import count_parameters
 from cli_helpers import assert_one_line_error
+from model_helpers import TINY_MEMORY as MEMORY
 
 TINY = BenchSettings(batch_size=1, train_seq_len=32, prefill_len=16, decode_tokens=4, warmup=1, repeats=3, threads=1)
-MEMORY = {"n_keys": 8, "topk": 4, "latent_dim": 16}
 MODEL_KEYS = {  # the documented schema (bench/report.py)
     "name", "source", "weights", "model_type", "layers", "grown_from", "params_total", "params_added", "train_peak_mb",
     "inference_peak_mb", "train_step_s", "prefill_s", "decode_s_per_token", "train_tokens_per_s",

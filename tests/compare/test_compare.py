@@ -21,6 +21,7 @@ from midus.compare import CompareReport, embedded_names, load_experiment, run_co
 from midus.errors import UsageError
 from midus.layer_report import inspect
 from midus.recipe import METHODS
+from midus.train.lock import FolderLocked
 
 ROOT = Path(__file__).parents[2]
 runner = CliRunner()
@@ -327,7 +328,7 @@ def test_a_second_comparison_on_a_held_folder_is_refused(cache, tmp_path):
                                "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(Exception, match=f"pid {holder.pid}") as refused:
+        with pytest.raises(FolderLocked, match=f"pid {holder.pid}") as refused:
             run_comparison(load_experiment("tiny-test", PAIR), out, cache_dir=cache)
         assert "\n" not in str(refused.value)
     finally:

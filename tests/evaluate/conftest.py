@@ -3,13 +3,11 @@ import inspect
 import pytest
 import torch
 
-import midus
-from midus import Recipe
 from midus.checkpoint import save_model
 from midus.evaluate import MC_TASK, PPL_TASK, TAG, write_heldout_tasks
 from midus.evaluate.harness import LOCAL_TASKS, task_manager
 from midus.load import load_model
-from model_helpers import TINY_MEMORY
+from model_helpers import grow
 
 
 def stdlib_docstrings() -> list[str]:
@@ -28,9 +26,7 @@ def heldout_docs():
 @pytest.fixture(scope="session")
 def midus_folder(tiny_base, tmp_path_factory):
     """A MIDUS model grown from the tiny base whose memory blocks do something (P made non-zero)."""
-    recipe = Recipe.parse({"base": str(tiny_base), "method": "midus", "new_blocks": 2, "dtype": "float32",
-                           "memory": TINY_MEMORY})
-    model = midus.upscale(str(tiny_base), recipe)
+    model = grow(tiny_base, "midus")
     torch.manual_seed(1)
     with torch.no_grad():
         for param in model.parameters():

@@ -5,17 +5,9 @@ import sys
 import textwrap
 
 import pytest
-from typer.testing import CliRunner
 
-from midus.cli import app
 from midus.evaluate import MC_TASK, EvalReport
-from cli_helpers import assert_one_line_error
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from cli_helpers import assert_one_line_error, run_cli as run
 
 
 @pytest.fixture(scope="module")

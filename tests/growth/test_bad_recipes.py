@@ -2,11 +2,8 @@
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from midus.cli import app
-
-runner = CliRunner()
+from cli_helpers import assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize("fields, fragments", [
@@ -43,12 +40,8 @@ def test_bad_recipe(tiny_base, tmp_path, fields, fragments):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
-    result = runner.invoke(app, ["upscale", str(path), str(out)])
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    result = run_cli("upscale", path, out)
+    assert_one_line_error(result, *fragments, code=2)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["recipe.yaml"], "nothing half-written"
 
@@ -59,6 +52,6 @@ def test_unsupported_family_names_the_supported_ones(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(tmp_path / "gpt2")
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({"base": str(tmp_path / "gpt2"), "method": "llama-pro", "new_blocks": 1}))
-    result = runner.invoke(app, ["upscale", str(path), str(tmp_path / "out")])
+    result = run_cli("upscale", path, tmp_path / "out")
     assert result.exit_code != 0 and not (tmp_path / "out").exists()
     assert "'gpt2' is not a supported decoder" in result.stderr and "llama, mistral, qwen2, qwen3" in result.stderr

@@ -4,15 +4,11 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
-from midus.cli import app
 from midus.recipe import RECIPE_FILE
-from cli_helpers import assert_one_line_error
+from cli_helpers import assert_one_line_error, run_cli as run
 from model_helpers import TINY_MEMORY
-
-runner = CliRunner()
 
 
 def write_recipe(tmp_path, **fields):
@@ -20,10 +16,6 @@ def write_recipe(tmp_path, **fields):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_upscale_writes_a_complete_checkpoint(tiny_base, tmp_path):
@@ -41,7 +33,6 @@ def test_upscale_writes_a_complete_checkpoint(tiny_base, tmp_path):
         assert fact in card
     assert yaml.safe_load((out / RECIPE_FILE).read_text())["method"] == "midus"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".grown.tmp")]
-
 
 
 def test_set_overrides_recipe_fields_and_the_saved_recipe_says_so(tiny_base, tmp_path):
@@ -165,7 +156,7 @@ def test_failure_while_saving_leaves_nothing(tiny_base, tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(build, "model_card", broken_card)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):  # the failure itself, not one made of it
         build.upscale_to_folder(
             build.Recipe.parse({"base": str(tiny_base), "new_blocks": 2, "memory": TINY_MEMORY}),
             tmp_path / "out",

@@ -10,19 +10,14 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from midus import MidusConfig, MidusForCausalLM
 from midus.checkpoint import save_model
 from midus.parameters import memory_group_parameter_names
-from model_helpers import TINY_MEMORY, random_memory, tokens
-from model_helpers import grow as grow_by
-
-
-def grow(base_dir, placement="top-heavy", new_blocks=2, **memory):
-    return grow_by(base_dir, "midus", placement=placement, new_blocks=new_blocks, memory={**TINY_MEMORY, **memory})
+from model_helpers import grow, random_memory, tokens
 
 
 @pytest.mark.parametrize("placement", ["distributed", "top-heavy", "bottom-heavy", [0, 0, 5]])
 def test_identity_at_insertion(tiny_base_8, placement):
     base = AutoModelForCausalLM.from_pretrained(tiny_base_8).eval()
     new_blocks = len(placement) if isinstance(placement, list) else 4
-    grown = grow(tiny_base_8, placement, new_blocks).eval()
+    grown = grow(tiny_base_8, placement=placement, new_blocks=new_blocks).eval()
     assert grown.config.num_hidden_layers == 8 + new_blocks
     assert [layer.self_attn.layer_idx for layer in grown.model.layers] == list(range(8 + new_blocks))
     x = tokens()
@@ -34,7 +29,7 @@ def test_identity_at_insertion(tiny_base_8, placement):
 @pytest.mark.parametrize("share_bank", [False, True])
 def test_identity_for_every_value_variant(tiny_base, values, share_bank):
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
-    grown = grow(tiny_base, values=values, share_bank=share_bank).eval()
+    grown = grow(tiny_base, memory={"values": values, "share_bank": share_bank}).eval()
     x = tokens(seed=1)
     with torch.no_grad():
         torch.testing.assert_close(grown(x).logits, base(x).logits, atol=1e-5, rtol=0)
@@ -127,7 +122,7 @@ def test_bf16_forward_backward(tiny_base):
 
 @pytest.mark.parametrize("query_norm", ["none", "rms", "layer"])
 def test_query_norms_run_and_train(tiny_base, query_norm):
-    model = random_memory(grow(tiny_base, query_norm=query_norm))
+    model = random_memory(grow(tiny_base, memory={"query_norm": query_norm}))
     x = tokens(seed=7)
     model(x, labels=x).loss.backward()
     keys = model.model.layers[2].memory.retrieval.keys
@@ -181,7 +176,7 @@ def test_parameter_counts_on_meta_match_formulas(name, new_blocks):
 
 
 def test_shared_bank_is_owned_once_and_round_trips(tiny_base, tmp_path):
-    model = random_memory(grow(tiny_base, share_bank=True)).eval()
+    model = random_memory(grow(tiny_base, memory={"share_bank": True})).eval()
     banks = [n for n, _ in model.named_parameters() if "bank" in n]
     assert banks == ["model.shared_bank"]
     assert all(layer.memory.values.bank is None for layer in model.model.layers if hasattr(layer, "memory"))
@@ -223,7 +218,7 @@ def test_zero_init_picks_the_tensor_that_starts_at_zero(tiny_base, values, share
     with torch.no_grad():
         expected = base(x).logits
     for zero_init in ("proj", "bank", "none"):
-        grown = grow(tiny_base, values=values, share_bank=share_bank, zero_init=zero_init).eval()
+        grown = grow(tiny_base, memory={"values": values, "share_bank": share_bank, "zero_init": zero_init}).eval()
         block = next(layer for layer in grown.model.layers if hasattr(layer, "memory"))
         bank = grown.model.shared_bank if share_bank else block.memory.values.bank
         proj = getattr(block.memory.values, "proj", None)

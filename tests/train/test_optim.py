@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from midus.errors import UsageError
 from midus.parameters import memory_group_parameter_names
 from midus.train.optim import Constant, WarmupCosine, build_scheduler, parameter_groups, select_trainable
 from train_helpers import tiny_config
@@ -47,9 +48,9 @@ def test_frozen_parameters_are_in_no_group(tiny_midus):
 def test_plain_llama_has_no_memory_group_and_refuses_memory_training(tiny_base):
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
     assert [g["name"] for g in parameter_groups(model, 1e-3, 1e-3, 0.1)] == ["decay", "no_decay"]
-    with pytest.raises(Exception, match="no memory layers"):
+    with pytest.raises(UsageError, match="no memory layers"):
         select_trainable(model, "memory")
-    with pytest.raises(Exception, match="no layer_map with new blocks"):
+    with pytest.raises(UsageError, match="no layer_map with new blocks"):
         select_trainable(model, "new-blocks")
 
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from midus.cli import app
+from midus.errors import UsageError
 from midus.train import train
 from midus.train.rundir import RunFolder
 
@@ -136,7 +137,7 @@ def test_a_folder_with_another_run_is_refused_unless_overwrite(reference_run, tm
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
-    with pytest.raises(Exception, match="exists and holds no midus train run"):
+    with pytest.raises(UsageError, match="exists and holds no midus train run"):
         train(config.model_copy(update={"output_dir": str(stranger)}))
     assert (stranger / "notes.txt").read_text() == "mine"
 

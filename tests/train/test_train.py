@@ -158,12 +158,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_midus, co
 
 
 def test_bf16_with_gradient_checkpointing_keeps_the_stored_dtype(tiny_base, corpus, tmp_path):
-    from midus import Recipe
     from midus.growth import upscale_to_folder
+    from model_helpers import recipe
 
-    recipe = Recipe.parse({"base": str(tiny_base), "method": "midus", "new_blocks": 1, "dtype": "bfloat16",
-                           "memory": {"n_keys": 8, "topk": 4, "latent_dim": 16}})
-    grown = upscale_to_folder(recipe, tmp_path / "grown-bf16")
+    grown = upscale_to_folder(recipe(tiny_base, "midus", new_blocks=1, dtype="bfloat16"), tmp_path / "grown-bf16")
     config = tiny_config(grown, tmp_path / "run", {"files": [str(corpus)], "cache_dir": str(tmp_path / "cache"), "eval_sequences": 0},
                          precision="bf16", gradient_checkpointing=True, max_steps=2, save_interval=0)
     final = train(config)
