@@ -2,18 +2,14 @@
 `--set` key, flags over `--set` over the model's defaults, and the model's checks as one-line errors."""
 
 import pytest
-from typer.testing import CliRunner
 
 import midus.analysis
 import midus.bench
 import midus.evaluate
-from cli_helpers import assert_one_line_error
+from cli_helpers import assert_one_line_error, run_cli
 from midus.analysis import AnalyzeSettings
 from midus.bench import BenchSettings
-from midus.cli import app
 from midus.evaluate import EvalSettings
-
-runner = CliRunner()
 
 
 class Captured(Exception):
@@ -36,7 +32,7 @@ def captured(monkeypatch):
 
 
 def settings_of(captured, *args):
-    result = runner.invoke(app, [str(a) for a in args])
+    result = run_cli(*args)
     assert isinstance(result.exception, Captured), result.output
     return captured["settings"]
 
@@ -84,6 +80,6 @@ def test_a_flag_given_wins_over_set_and_a_default_flag_does_not(captured):
     (["analyze", "m", "-d", "t.txt", "--out", "o", "--retrain-lr", 0], ["retrain_lr: got 0", "a number > 0"]),
 ])
 def test_bad_settings_are_one_line_errors(captured, args, fragments):
-    result = runner.invoke(app, [str(a) for a in args])
+    result = run_cli(*args)
     assert_one_line_error(result, *fragments, code=2)
     assert "settings" not in captured  # refused before any work
