@@ -83,3 +83,9 @@ def test_bad_settings_are_one_line_errors(captured, args, fragments):
     result = run_cli(*args)
     assert_one_line_error(result, *fragments, code=2)
     assert "settings" not in captured  # refused before any work
+
+
+def test_the_demo_takes_set_overrides_of_its_experiment(tmp_path):
+    result = run_cli("demo", "--quick", "--set", "seeds=oops", "--out", tmp_path / "demo")
+    assert_one_line_error(result, "seeds: got 'oops'", "a list of integers", code=2)
+    assert not (tmp_path / "demo").exists()

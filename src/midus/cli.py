@@ -122,7 +122,7 @@ def main(
 def upscale(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)")],
     out_dir: Annotated[Path, typer.Argument(help="new folder for the grown checkpoint")],
-    set_: Annotated[list[str], typer.Option("--set", help="override any recipe field: KEY=VALUE (YAML value), e.g. memory.topk=8")] = [],
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP.format(example="memory.topk=8"))] = [],
 ):
     """Grow a base model (hub id or folder) by a recipe into OUT_DIR."""
     from .growth import upscale_to_folder
@@ -181,7 +181,7 @@ def train(
     max_tokens: int = typer.Option(None, help="override the budget with a number of tokens"),
     lr: float = typer.Option(None, help="override `lr`"),
     seed: int = typer.Option(None, help="override `seed`"),
-    set_: Annotated[list[str], typer.Option("--set", help="override any field: KEY=VALUE (YAML value), e.g. data.streaming=true")] = [],
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP.format(example="data.streaming=true"))] = [],
 ):
     """Continued pre-training by a config; run it again on the same output folder to resume.
     Multi-GPU: torchrun --nproc_per_node N --no-python midus train CONFIG. On SIGTERM or SIGUSR1 it
@@ -308,7 +308,7 @@ def analyze(
 def compare(
     experiment: Annotated[str, typer.Argument(help="experiment YAML (see experiments/), or an embedded one: tiny, tiny-quick, tiny-test")],
     out: Path = typer.Option(None, "--out", help="output folder (default runs/compare-<name>); rerun to resume"),
-    set_: Annotated[list[str], typer.Option("--set", help="override any field: KEY=VALUE (YAML value), e.g. seeds=[0,1,2]")] = [],
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP.format(example="seeds=[0,1,2]"))] = [],
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a folder that holds another experiment"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (per method: layers, parameters, FLOPs, tokens) and stop; no download"),
     launcher: str = typer.Option(None, "--launcher", help="process | torchrun: how CPT runs (default: the experiment's)"),
@@ -343,6 +343,7 @@ def demo(
                                                       "here from scratch, about 2 minutes on 2 CPU cores)"),
     out: Path = typer.Option(None, "--out", help="output folder (default runs/demo, or runs/demo-quick); rerun to resume"),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="where the base and the text are cached (default $MIDUS_CACHE or ~/.cache/midus)"),
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP.format(example="seeds=[0,1]"))] = [],
 ):
     """The main job: `midus compare smollm2-wiki`, the paper's comparison on the real SmolLM2-135M with
     Wikipedia CPT and the zero-shot suite, offline (about an hour on 2 CPU cores; needs
@@ -352,8 +353,9 @@ def demo(
 
     name = "tiny-quick" if quick else "smollm2-wiki"
     out = out or Path("runs") / ("demo-quick" if quick else "demo")
-    command = "midus demo" + (" --quick" if quick else "") + f" --out {out}"
-    report = run_comparison(load_experiment(name), out, overwrite=True, cache_dir=cache_dir, command=command)
+    command = " ".join(["midus demo", *(["--quick"] if quick else []), *(f"--set {t}" for t in set_), "--out", str(out)])
+    report = run_comparison(load_experiment(name, overrides_of(set_)), out, overwrite=True, cache_dir=cache_dir,
+                            command=command)
     typer.echo((out / "results.md").read_text())
     if report.failures():
         raise typer.Exit(1)
