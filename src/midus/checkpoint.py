@@ -112,10 +112,11 @@ def load_weights(source: str, what: str, **kwargs) -> PreTrainedModel:
 
 
 def load_tokenizer(name: str):
+    """The tokenizer of a hub id or local folder (every command loads it here), or a one-line error."""
     try:
         return AutoTokenizer.from_pretrained(resolve(name))
-    except (OSError, ValueError) as error:
-        raise MidusError(f"base {name}: cannot load its tokenizer ({first_line(error)})") from None
+    except (OSError, ValueError, TypeError) as error:
+        raise MidusError(f"no usable tokenizer in {name} ({first_line(error)})") from None
 
 
 def check_out_dir(out_dir: str | Path) -> Path:

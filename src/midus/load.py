@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
-from .checkpoint import DTYPES, check_weight_format, load_config, load_weights, resolve
+from .checkpoint import DTYPES, check_weight_format, load_config, load_tokenizer, load_weights, resolve
 from .errors import MidusError
 from .parameters import count_parameters
 from .recipe import RECIPE_FILE, Recipe
@@ -139,8 +139,8 @@ def _folder_recipe(folder: str) -> Recipe | None:
 
 def _tokenizer(source: str):
     try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError):
+        return load_tokenizer(source)
+    except MidusError:  # a config-only folder: the model still loads, without a tokenizer
         return None
 
 

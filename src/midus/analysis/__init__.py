@@ -10,7 +10,6 @@
 `analyze` runs what applies to a model; `write_report` writes JSON, PNG and a Markdown summary.
 """
 
-from .data import load_texts, token_windows
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
 from .head_importance import HeadImportance, head_importance
 from .probes import blocks, captured_retrieval, head_masks, mean_loss, replayed_retrieval
@@ -22,6 +21,6 @@ from .value_retraining import ValueRetraining, retrain_values
 __all__ = [
     "Analysis", "AnalyzeSettings", "FixedRetrieval", "HeadImportance", "MemoryUsage", "UsageCounter", "ValueRetraining",
     "analyze", "analyze_to_folder", "blocks", "captured_retrieval", "fixed_retrieval_analysis",
-    "head_importance", "head_masks", "load_texts", "mean_loss", "memory_usage", "replayed_retrieval", "retrain_values", "summary_markdown",
-    "token_windows", "write_report",
+    "head_importance", "head_masks", "mean_loss", "memory_usage", "replayed_retrieval", "retrain_values", "summary_markdown",
+    "write_report",
 ]

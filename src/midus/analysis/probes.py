@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..loss import mean_nll
 from ..parameters import layer_kind
 
 KIND_LETTERS = {"decoder": "D", "memory": "M", "pkm": "P"}
@@ -167,13 +168,10 @@ def scored_tokens(batches: list[torch.Tensor]) -> int:
     return sum(ids[:, 1:].numel() for ids in batches)
 
 
-@torch.no_grad()
 def mean_loss(model: nn.Module, batches: list[torch.Tensor], desc: str | None = None, progress: bool = False) -> float:
-    """Mean next-token NLL over all windows."""
-    total = 0.0
-    for ids in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        total += token_nll(model, ids).item()
-    return total / scored_tokens(batches)
+    """Mean next-token NLL over all windows (`midus.loss.mean_nll`, summed in float64 as before)."""
+    batches = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    return mean_nll(batches, lambda ids: (token_nll(model, ids).double(), ids[:, 1:].numel()))
 
 
 @contextmanager

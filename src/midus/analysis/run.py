@@ -12,12 +12,13 @@ import torch
 from pydantic import BaseModel, Field
 
 from ..checkpoint import DtypeName, check_family, check_out_dir, load_config, load_tokenizer
+from ..data.loading import batches_of, expand_files, token_windows
+from ..data.sources import load_texts
 from ..errors import MidusError, UsageError
 from ..load import is_recipe, load_model
 from ..recipe import Recipe
 from ..report import Report
 from ..schema import YamlModel
-from .data import batches_of, data_files, load_texts, token_windows
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
 from .head_importance import HeadImportance, head_importance
 from .probes import KIND_LETTERS, blocks
@@ -68,7 +69,7 @@ class Analysis(Report, schema=SCHEMA):
 
 def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True) -> Analysis:
     """Run every analysis that applies to `model_name` on the settings' data."""
-    files = data_files(settings.data)  # every input is checked before the weights are loaded
+    files = expand_files(settings.data)  # every input is checked before the weights are loaded
     source = Recipe.from_yaml(model_name).base if is_recipe(model_name) else model_name
     config = load_config(source)
     if config.model_type != "midus":
@@ -80,7 +81,7 @@ def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True
         tokenizer = load_tokenizer(source)
     except MidusError:
         raise MidusError(f"{source}: no usable tokenizer in the model folder; the analyses tokenize text with it") from None
-    windows = token_windows(load_texts([str(f) for f in files], settings.text_field), tokenizer,
+    windows = token_windows(load_texts(files, settings.text_field), tokenizer,
                             settings.seq_len, settings.max_tokens)
     if settings.retrain_values and len(windows) < 2:
         raise UsageError(f"--retrain-values needs at least 2 windows to fit and score on; got {len(windows)} "

@@ -1,4 +1,6 @@
-"""Training data: load documents (hub dataset or local files) with `datasets`, tokenize, pack.
+"""Text for every command: local files (named, globbed or in folders: `expand_files`) or a hub dataset,
+loaded with `datasets`, tokenized and packed (`build_datasets` for training, `token_windows` for the
+analyses).
 
 Documents are tokenized (the tokenizer's own BOS, if it adds one), each followed by EOS, concatenated
 and cut into sequences of exactly `seq_len` tokens. Instruction pairs are laid out as prompt +
@@ -7,6 +9,7 @@ tokenized once and cached by `datasets` (fingerprinted); streaming data is token
 """
 
 import glob
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from ..errors import UsageError
 IGNORE_INDEX = -100  # label of tokens that carry no loss
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 MAP_BATCH = 1000  # documents per tokenize/pack batch (the tail of each packed batch is dropped)
+TOKENIZE_CHUNK = 256  # documents per tokenizer call in token_windows
 
 
 class DataError(UsageError):
@@ -50,20 +54,44 @@ def load_documents(data, files: list[str] | None = None, split: str | None = Non
     return documents
 
 
+@contextmanager
+def quiet_datasets():
+    """No `datasets` progress bars while reading a few local files (an error stays one line)."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
 def expand_files(patterns: list[str]) -> list[str]:
+    """The files named, globbed, or found (recursively, of a known type) in the folders given, in order;
+    one-line errors for none given, a missing one, an empty folder, a file of an unknown type."""
+    if not patterns:
+        raise DataError("no data: give at least one --data file, glob or folder")
     paths = []
     for pattern in patterns:
-        matches = sorted(glob.glob(str(Path(pattern).expanduser())))
-        if not matches:
-            raise DataError(f"data file {pattern}: no such file")
-        paths += matches
-    return paths
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS)
+            if not found:
+                raise DataError(f"data folder {pattern}: no {', '.join(BUILDERS)} files in it")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        elif matches := sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file()):
+            paths += matches
+        else:
+            raise DataError(f"data file {pattern}: no such file or folder")
+    if unknown := sorted({p.suffix or p.name for p in paths if p.suffix.lower() not in BUILDERS}):
+        raise DataError(f"data files of type {', '.join(unknown)}: supported are {', '.join(BUILDERS)}")
+    return [str(p) for p in paths]
 
 
 def file_builder(paths: list[str]) -> str:
-    suffixes = {Path(p).suffix.lower() for p in paths}
-    if unknown := suffixes - set(BUILDERS):
-        raise DataError(f"data files of type {', '.join(sorted(unknown)) or '(none)'}: supported are {', '.join(BUILDERS)}")
+    suffixes = {Path(p).suffix.lower() for p in paths}  # all known: expand_files checked them
     builders = {BUILDERS[s] for s in suffixes}
     if len(builders) > 1:
         raise DataError(f"data files mix types ({', '.join(sorted(suffixes))}); give files of one type")
@@ -87,6 +115,16 @@ def check_fields(documents, fields: list[str], source: str) -> None:
 
 # --- tokenizing ------------------------------------------------------------------------------------
 
+def terminated(ids: list[int], eos: int | None) -> list[int]:
+    """A document's token ids followed by EOS (once; nothing to add for a tokenizer without one)."""
+    return ids if eos is None or (ids and ids[-1] == eos) else ids + [eos]
+
+
+def cut_into(ids: list[int], seq_len: int) -> list[list[int]]:
+    """Consecutive `seq_len`-token pieces of `ids`; an incomplete tail is dropped."""
+    return [ids[i: i + seq_len] for i in range(0, len(ids) // seq_len * seq_len, seq_len)]
+
+
 class Tokenize:
     """Batched map function: documents -> input_ids (+ labels for instruction pairs), EOS-terminated."""
 
@@ -104,7 +142,7 @@ class Tokenize:
         return {"input_ids": [ids for ids, _ in pairs], "labels": [labels for _, labels in pairs]}
 
     def terminated(self, ids: list[int]) -> list[int]:
-        return ids if ids and ids[-1] == self.eos else ids + [self.eos]
+        return terminated(ids, self.eos)
 
     def pair(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         """Token ids of prompt + response + EOS, and labels that mask the prompt."""
@@ -132,12 +170,9 @@ class Pack:
         self.seq_len = seq_len
 
     def __call__(self, batch: dict) -> dict:
-        ids = list(chain.from_iterable(batch["input_ids"]))
-        n = len(ids) // self.seq_len * self.seq_len
-        packed = {"input_ids": [ids[i: i + self.seq_len] for i in range(0, n, self.seq_len)]}
+        packed = {"input_ids": cut_into(list(chain.from_iterable(batch["input_ids"])), self.seq_len)}
         if "labels" in batch:
-            labels = list(chain.from_iterable(batch["labels"]))
-            packed["labels"] = [labels[i: i + self.seq_len] for i in range(0, n, self.seq_len)]
+            packed["labels"] = cut_into(list(chain.from_iterable(batch["labels"])), self.seq_len)
             keep = [any(t != IGNORE_INDEX for t in seq[1:]) for seq in packed["labels"]]
             packed = {key: [seq for seq, k in zip(column, keep) if k] for key, column in packed.items()}
         return packed
@@ -150,6 +185,30 @@ def tokenize_and_pack(documents, tokenizer, data, seq_len: int):
     tokens = documents.map(Tokenize(tokenizer, data), batched=True, batch_size=MAP_BATCH, remove_columns=columns, **options)
     options = {} if data.streaming else {"num_proc": data.num_proc, "desc": f"pack into {seq_len}-token sequences"}
     return tokens.map(Pack(seq_len), batched=True, batch_size=MAP_BATCH, **options)
+
+
+def token_windows(documents: list[str], tokenizer, seq_len: int, max_tokens: int) -> torch.Tensor:
+    """[W, seq_len] token ids for the analyses: documents (+ EOS) tokenized in order, concatenated into
+    one stream (no tail dropped between documents) and cut into at most max_tokens // seq_len windows."""
+    if seq_len < 2:
+        raise DataError(f"seq_len {seq_len}: must be at least 2 tokens")
+    if max_tokens < seq_len:
+        raise DataError(f"max_tokens {max_tokens} is less than one window of seq_len={seq_len}")
+    wanted = max_tokens // seq_len * seq_len
+    stream: list[int] = []
+    for start in range(0, len(documents), TOKENIZE_CHUNK):
+        for ids in tokenizer(documents[start: start + TOKENIZE_CHUNK])["input_ids"]:
+            stream += terminated(ids, tokenizer.eos_token_id)
+        if len(stream) >= wanted:
+            break
+    if not (packed := cut_into(stream[:wanted], seq_len)):
+        raise DataError(f"data: {len(stream)} tokens, less than one window of seq_len={seq_len}; "
+                        "add text or lower --seq-len")
+    return torch.tensor(packed)
+
+
+def batches_of(windows: torch.Tensor, batch_size: int, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    return [chunk.to(device) for chunk in windows.split(batch_size)]
 
 
 def has_sequence(sequences) -> bool:

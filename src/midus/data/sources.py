@@ -1,5 +1,5 @@
-"""Where text comes from: `DataConfig` (training data) and `TextSource` (evaluation and analysis text),
-both read by `midus.data.loading.load_documents`, so every command takes its text the same way."""
+"""Where text comes from: `DataConfig` (training data), `TextSource` (evaluation text) and `load_texts`
+(the analyses' files, globs and folders), all read by `midus.data.loading.load_documents`, so every command takes its text the same way."""
 
 from pathlib import Path
 from typing import Literal
@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..errors import MidusError
 from ..schema import Strict
-from .loading import BUILDERS, load_documents
+from .loading import BUILDERS, expand_files, load_documents, quiet_datasets
 
 
 class DataConfig(Strict):
@@ -87,4 +87,14 @@ def source_documents(source: TextSource) -> list[str]:
         documents = documents[: source.max_documents]
     if not documents:
         raise MidusError(f"data {source.describe()}: no non-empty documents in field {source.text_field!r}")
+    return documents
+
+
+def load_texts(patterns: list[str], text_field: str = "text") -> list[str]:
+    """The non-empty documents of every file named, globbed or in the folders given (`expand_files`),
+    file by file in order, so files of different types may be mixed (a .txt file: one per paragraph)."""
+    documents = []
+    with quiet_datasets():
+        for path in expand_files(patterns):
+            documents += source_documents(TextSource(path=path, text_field=text_field))
     return documents

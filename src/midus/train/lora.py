@@ -90,9 +90,9 @@ def adapter_base(adapter: Path) -> str:
 def merge_adapter(adapter: str | Path, out_dir: str | Path, base: str | None = None) -> Path:
     """Write base + adapter, merged into plain weights, as a model folder of the base's format (a MIDUS
     folder with its code, or a plain Llama) in the base's dtype, atomically."""
-    from ..checkpoint import atomic_dir, check_out_dir, load_config, load_weights, resolve, save_model
+    from ..checkpoint import atomic_dir, check_out_dir, load_config, load_tokenizer, load_weights, resolve, save_model
     from ..recipe import RECIPE_FILE
-    from .run import load_tokenizer, saved_dtype
+    from .run import saved_dtype
 
     adapter, out_dir = Path(adapter), check_out_dir(out_dir)
     base = base or adapter_base(adapter)

@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+from ..loss import mean_nll
 from ..parameters import layer_kind
 
 # (summed next-token NLL, scored tokens) of one batch, under the caller's precision and device
@@ -72,16 +73,6 @@ def removed(memories: Iterable[nn.Module]) -> Iterator[None]:
 
 
 @torch.no_grad()
-def mean_loss(batches: Iterable[dict], batch_loss: BatchLoss, reduce: Callable = lambda t: t) -> float:
-    total = count = 0
-    for batch in batches:
-        nll, tokens = batch_loss(batch)
-        total, count = total + nll.float(), count + tokens
-    total, count = reduce(torch.stack([torch.as_tensor(total).float(), torch.as_tensor(count).float()]))
-    return (total / count).item()
-
-
-@torch.no_grad()
 def memory_probe(model: nn.Module, batches: Iterable[dict], batch_loss: BatchLoss,
                  reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, float]:
     """The share and removal of every memory site of `model` over `batches` (re-iterable), as
@@ -92,17 +83,17 @@ def memory_probe(model: nn.Module, batches: Iterable[dict], batch_loss: BatchLos
         return {}
     sums, counts = {}, {}
     with recorded_shares(sites, sums, counts):
-        baseline = mean_loss(batches, batch_loss, reduce)
+        baseline = mean_nll(batches, batch_loss, reduce)
     shares = (reduce(torch.stack([torch.as_tensor(sums[index]).float() for index in sites]))
               / reduce(torch.tensor([float(counts[index]) for index in sites])))
     metrics = {f"share/{index}": share.item() for index, share in zip(sites, shares)}
     metrics["share/mean"] = shares.mean().item()
     for index, (_, memory) in sites.items():
         with removed([memory]):
-            metrics[f"removal/{index}"] = mean_loss(batches, batch_loss, reduce) - baseline
+            metrics[f"removal/{index}"] = mean_nll(batches, batch_loss, reduce) - baseline
     if len(sites) > 1:
         with removed(memory for _, memory in sites.values()):
-            metrics["removal/all"] = mean_loss(batches, batch_loss, reduce) - baseline
+            metrics["removal/all"] = mean_nll(batches, batch_loss, reduce) - baseline
     else:
         metrics["removal/all"] = metrics[f"removal/{next(iter(sites))}"]
     return metrics

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import load_fsdp_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers import AutoModelForCausalLM, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback, TrainerState
 
-from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, check_weight_format, first_line, load_config,
+from ..checkpoint import (DTYPES, SUPPORTED_MODEL_TYPES, atomic_dir, check_weight_format, load_config, load_tokenizer,
                           load_weights, resolve, save_model, write_error)
 from ..data.loading import build_datasets, collate
 from ..errors import MidusError, UsageError, warn
@@ -44,7 +44,10 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
     args = training_arguments(config, run, processes)  # sets up the process group under torchrun
     model_config = load_config(config.model)
     check_model(config, model_config)
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    try:
+        tokenizer = load_tokenizer(config.tokenizer or config.model)
+    except MidusError as error:
+        raise MidusError(f"{error}; set `tokenizer:` in the config") from None
     with ExitStack() as held, catch_preemption() as preemption:
         with args.main_process_first(desc="run folder"):
             if args.should_save:
@@ -196,15 +199,10 @@ def check_model(config: TrainConfig, model_config) -> None:
                          f"use seq_len <= {positions}")
 
 
-def load_tokenizer(name: str):
-    try:
-        return AutoTokenizer.from_pretrained(resolve(name))
-    except (OSError, ValueError, TypeError) as error:
-        raise MidusError(f"no usable tokenizer in {name} ({first_line(error)}); set `tokenizer:` in the config") from None
-
-
 def load_model(name: str):
-    """The model in fp32 master weights (a MIDUS folder loads through the registered MIDUS classes)."""
+    """The model in fp32 master weights (a MIDUS folder loads through the registered MIDUS classes).
+    Not `midus.load.load_model`: training takes a folder or hub id with its weights only (no recipe,
+    no random weights) and leaves device and train/eval mode to the Trainer."""
     return load_weights(resolve(name), f"model {name}", dtype=torch.float32)
 
 
