@@ -1,20 +1,23 @@
 """Recipes: how to grow a base model. Validated YAML, saved next to every checkpoint it made.
 
-Every field, its meaning and its range is in the schema below (`Recipe.model_json_schema()` gives it
-as JSON Schema). Fields that need the base's depth L (placement indices, K < L, solar's m < L/2) are
-checked against the base's config before any weight is read.
+`Recipe` holds the fields every method has; each method's recipe is a subclass of it with its own
+section and rules, in the method's file (`growth/<method>.py`, named by `register(recipe=...)`).
+`Recipe.parse` and `Recipe.from_yaml` give the one `method` names (a discriminated union; midus when
+absent). Every field, its meaning and its range is in the schemas (`Recipe.model_json_schema()` gives
+them as JSON Schema). Fields that need the base's depth L (placement indices, K < L, solar's m < L/2)
+are checked against the base's config before any weight is read.
 """
 
-from typing import ClassVar, Literal
+from functools import cache
+from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
 from .errors import UsageError
 from .model.configuration_midus import MEMORY_DEFAULTS, MIN_SIZES, QUERY_NORMS, VALUE_KINDS, ZERO_INITS, check_memory
-from .schema import Strict, YamlModel
+from .schema import Strict, YamlModel, describe_validation_error
 
 METHODS = ("none", "solar", "llama-pro", "lesa", "pkm", "midus")
-MEMORY_METHODS = ("pkm", "midus")
 PLACEMENTS = ("distributed", "top-heavy", "bottom-heavy")
 RECIPE_FILE = "midus_recipe.yaml"
 
@@ -55,25 +58,12 @@ class MemorySettings(Strict):
         return self
 
 
-class LesaSettings(Strict):
-    """LESA's layer predictor, an MLP Linear-ReLU-Linear-ReLU-Linear (defaults: the paper's)."""
-
-    hidden: int = Field(256, ge=1, strict=True, description="width of the predictor's hidden layers")
-    epochs: int = Field(10, ge=1, strict=True, description="passes over the training rows of every weight kind")
-    batch_size: int = Field(64, ge=1, strict=True, description="rows of V per optimizer step")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
-    norm_weight: float = Field(5e-4, ge=0, le=1, description="lambda: loss = (1-lambda) MSE + lambda MSE of the norms")
-    norms_from: Literal["block-0", "source"] = Field(
-        "block-0", description="where a new layer's tensors that are not predicted (RMSNorm weights, biases) come from: "
-                               "block-0 (the authors' code builds every new layer from a copy of block 0) or source "
-                               "(the block it is inserted after)")
-
-
 class Recipe(YamlModel):
     """How to grow `base`: `method` adds `new_blocks` blocks at the `placement` positions."""
 
     kind: ClassVar[str] = "recipe"
     error: ClassVar[type[UsageError]] = RecipeError
+    places_blocks: ClassVar[bool] = True  # False for a method that puts no blocks at `placement` (none, solar)
 
     base: str = Field(description="hub id or local folder of a Llama-family decoder (llama, mistral, qwen2, qwen3)")
     method: Literal[METHODS] = Field(
@@ -86,10 +76,6 @@ class Recipe(YamlModel):
         "top-heavy", description="where new blocks go, each after a source block: distributed (after every (L/K)-th), "
                                  "top-heavy (after L-K-1 .. L-2), bottom-heavy (after 0 .. K-1), or a list of K source "
                                  "block indices in [0, L)")
-    memory: MemorySettings | None = Field(None, description="memory methods only (pkm, midus); defaults filled in")
-    solar_overlap: int | None = Field(
-        None, ge=1, strict=True, description="solar only: m, blocks dropped at the seam, 1 <= m < L/2 (default L/4, or (L-K)/2)")
-    lesa: LesaSettings | None = Field(None, description="lesa only: the layer predictor; defaults filled in")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="dtype of the grown checkpoint")
     seed: int = Field(0, strict=True, description="seeds every random choice (new tensors' init, LESA's training)")
 
@@ -100,24 +86,57 @@ class Recipe(YamlModel):
             raise ValueError(f"got {value!r}; valid: {', '.join(PLACEMENTS)}, or a list of source block indices")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_of_other_methods(cls, data):
+        """A field that only other methods' recipes declare (memory for llama-pro): name those methods."""
+        for name in data if isinstance(data, dict) else ():
+            if name in cls.model_fields:
+                continue
+            owners = [method for method, recipe in recipe_classes().items() if name in recipe.model_fields]
+            if owners:
+                raise ValueError(f"{name}: applies to {' and '.join(owners)} only, not to method {data.get('method')!r}")
+        return data
+
     @model_validator(mode="after")
-    def _method_fields(self):
-        if self.memory is not None and self.method not in MEMORY_METHODS:
-            raise ValueError(f"memory: a memory section applies to {' and '.join(MEMORY_METHODS)} only, not to method {self.method!r}")
-        if self.method in MEMORY_METHODS and self.memory is None:
-            object.__setattr__(self, "memory", MemorySettings())
-        if self.memory is not None and self.memory.share_bank and self.method != "midus":
-            raise ValueError("memory.share_bank: applies to method 'midus' only")
-        if self.solar_overlap is not None and self.method != "solar":
-            raise ValueError(f"solar_overlap: applies to method 'solar' only, not to {self.method!r}")
-        if self.lesa is not None and self.method != "lesa":
-            raise ValueError(f"lesa: a lesa section applies to method 'lesa' only, not to {self.method!r}")
-        if self.method == "lesa" and self.lesa is None:
-            object.__setattr__(self, "lesa", LesaSettings())
-        if self.method == "none" and self.new_blocks:
-            raise ValueError("new_blocks: method 'none' adds no blocks: new_blocks must be 0")
-        if self.method not in ("none", "solar") and self.new_blocks == 0:
+    def _blocks(self):
+        if self.places_blocks and self.new_blocks == 0:
             raise ValueError(f"new_blocks: method {self.method!r} needs new_blocks >= 1")
-        if isinstance(self.placement, list) and self.method in ("none", "solar"):
+        if not self.places_blocks and isinstance(self.placement, list):
             raise ValueError(f"placement: method {self.method!r} places no blocks; leave placement out")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dtype_and_seed_last(self, handler):
+        """A method's own section comes before dtype and seed, where recipe files have it."""
+        fields = handler(self)
+        last = {name: fields.pop(name) for name in ("dtype", "seed") if name in fields}
+        return fields | last
+
+    @classmethod
+    def parse(cls, data: dict, source: str | None = None) -> "Recipe":
+        """The recipe of the class `data`'s method declares (midus where it names none)."""
+        if cls is not Recipe:  # a method's own class
+            return super().parse(data, source)
+        try:
+            return recipe_union().validate_python({"method": "midus", **data})
+        except ValidationError as error:
+            raise RecipeError(f"{source or cls.kind}: {describe_validation_error(error, recipe_classes())}") from None
+
+    @classmethod
+    def model_json_schema(cls, *args, **kwargs) -> dict:
+        """Every method's recipe (a union on `method`) for `Recipe`; a method's own for its class."""
+        return recipe_union().json_schema(*args, **kwargs) if cls is Recipe else super().model_json_schema(*args, **kwargs)
+
+
+@cache
+def recipe_classes() -> dict[str, type[Recipe]]:
+    """Each method's recipe class, in the order of METHODS."""
+    from .growth.registry import METHODS as REGISTERED  # here, not at the top: growth imports this module
+
+    return {name: REGISTERED[name].recipe for name in METHODS}
+
+
+@cache
+def recipe_union() -> TypeAdapter:
+    return TypeAdapter(Annotated[Union[tuple(recipe_classes().values())], Field(discriminator="method")])

@@ -78,11 +78,20 @@ def read_mapping(path: str | Path, kind: str, error: type[UsageError]) -> dict:
     return data
 
 
-def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
+def describe_validation_error(error: ValidationError, model: type[BaseModel] | dict[str, type[BaseModel]]) -> str:
     """The first problem of a pydantic error as one line: the field, what it got, what is allowed
-    (from the schema of `model`, the validated class)."""
+    (from the schema of `model`, the validated class, or of the class a discriminated union's tag chose,
+    `model` then being the union's classes by tag)."""
     errors = error.errors()
     first = errors[0]
+    if isinstance(model, dict):
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            name = first["ctx"]["discriminator"].strip("'")
+            value = first["input"].get(name) if isinstance(first["input"], dict) else first["input"]
+            return f"{name}: got {value!r}; expected one of {', '.join(model)}"
+        model = model[first["loc"][0]]  # every location starts with the tag
+        errors = [{**e, "loc": e["loc"][1:]} for e in errors]
+        first = errors[0]
     path, owner, info = _field_path(first["loc"], model)
     fields = {tuple(_field_path(e["loc"], model)[0]) for e in errors}
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""

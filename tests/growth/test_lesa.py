@@ -6,9 +6,8 @@ from transformers import AutoModelForCausalLM
 
 import midus
 from model_helpers import grow, recipe, tokens
-from midus.recipe import LesaSettings
 from midus.growth import lesa
-from midus.growth.lesa import WEIGHT_KINDS, factorize, predict_layer, train_predictor
+from midus.growth.lesa import WEIGHT_KINDS, LesaSettings, factorize, predict_layer, train_predictor
 
 
 def base_weights(model, kind):

@@ -14,18 +14,41 @@ every new layer starts as a deep copy of block 0 and gets the seven predicted ma
 (`norms_from: source`).
 """
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..recipe import LesaSettings, Recipe, RecipeError
+from ..recipe import Recipe, RecipeError
+from ..schema import Strict
 from .grow import copy_module, fill, grow_decoders, insertion_layout
 from .registry import register
 from .weights import BaseWeights
 
 WEIGHT_KINDS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class LesaSettings(Strict):
+    """LESA's layer predictor, an MLP Linear-ReLU-Linear-ReLU-Linear (defaults: the paper's)."""
+
+    hidden: int = Field(256, ge=1, strict=True, description="width of the predictor's hidden layers")
+    epochs: int = Field(10, ge=1, strict=True, description="passes over the training rows of every weight kind")
+    batch_size: int = Field(64, ge=1, strict=True, description="rows of V per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    norm_weight: float = Field(5e-4, ge=0, le=1, description="lambda: loss = (1-lambda) MSE + lambda MSE of the norms")
+    norms_from: Literal["block-0", "source"] = Field(
+        "block-0", description="where a new layer's tensors that are not predicted (RMSNorm weights, biases) come from: "
+                               "block-0 (the authors' code builds every new layer from a copy of block 0) or source "
+                               "(the block it is inserted after)")
+
+
+class LesaRecipe(Recipe):
+    method: Literal["lesa"]
+    lesa: LesaSettings = Field(LesaSettings(), description="the layer predictor; defaults filled in")
 
 
 def factorize(weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +111,8 @@ def predict_layer(predictor: LayerPredictor, US: torch.Tensor, V: torch.Tensor, 
     return US @ V_new
 
 
-@register("lesa", display="LESA", function_preserving=False, color="tab:purple")
-def grow_lesa(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
+@register("lesa", recipe=LesaRecipe, display="LESA", function_preserving=False, color="tab:purple")
+def grow_lesa(base: BaseWeights, recipe: LesaRecipe) -> PreTrainedModel:
     if base.num_layers < 3:
         raise RecipeError(f"lesa learns each layer from its two neighbours and needs a base of at least 3 blocks, not {base.num_layers}")
     layout = insertion_layout(recipe, base.num_layers)

@@ -1,5 +1,7 @@
 """LLaMA Pro: copies of the source blocks with o_proj and down_proj zeroed (identity at insertion)."""
 
+from typing import Literal
+
 from transformers import PreTrainedModel
 
 from ..recipe import Recipe
@@ -8,7 +10,11 @@ from .registry import register
 from .weights import BaseWeights
 
 
-@register("llama-pro", display="LLaMA Pro", function_preserving=True, color="tab:blue")
+class LlamaProRecipe(Recipe):
+    method: Literal["llama-pro"]
+
+
+@register("llama-pro", recipe=LlamaProRecipe, display="LLaMA Pro", function_preserving=True, color="tab:blue")
 def grow_llama_pro(base: BaseWeights, recipe: Recipe) -> PreTrainedModel:
     layout = insertion_layout(recipe, base.num_layers)
     model = grow_decoders(base, layout, recipe.seed)

@@ -5,10 +5,13 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
+from ..recipe import Recipe
+
 
 @dataclass(frozen=True)
 class Method:
     name: str  # the recipe's `method`
+    recipe: type[Recipe]  # its recipe's class: the fields every recipe has, and its own section
     grow: Callable[..., PreTrainedModel]  # grow(base: BaseWeights, recipe: Recipe) -> the grown model
     display: str  # its name in tables and plots
     function_preserving: bool  # the grown model computes what the base does, before any training
@@ -18,9 +21,9 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, display: str, function_preserving: bool, color: str):
+def register(name: str, *, recipe: type[Recipe], display: str, function_preserving: bool, color: str):
     def decorator(grow):
-        METHODS[name] = Method(name, grow, display, function_preserving, color)
+        METHODS[name] = Method(name, recipe, grow, display, function_preserving, color)
         return grow
 
     return decorator
