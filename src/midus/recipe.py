@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
+from .checkpoint import DtypeName
 from .errors import UsageError
 from .model.configuration_midus import MEMORY_DEFAULTS, MIN_SIZES, QUERY_NORMS, VALUE_KINDS, ZERO_INITS, check_memory
 from .schema import Strict, YamlModel, describe_validation_error
@@ -76,7 +77,7 @@ class Recipe(YamlModel):
         "top-heavy", description="where new blocks go, each after a source block: distributed (after every (L/K)-th), "
                                  "top-heavy (after L-K-1 .. L-2), bottom-heavy (after 0 .. K-1), or a list of K source "
                                  "block indices in [0, L)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="dtype of the grown checkpoint")
+    dtype: DtypeName = Field("bfloat16", description="dtype of the grown checkpoint")
     seed: int = Field(0, strict=True, description="seeds every random choice (new tensors' init, LESA's training)")
 
     @field_validator("placement", mode="before")
