@@ -47,26 +47,34 @@ def overrides_of(texts: list[str]) -> dict:
     return dict(parse_override(text) for text in texts)
 
 
-def settings_options(model: type[BaseModel], flags: dict[str, str], example: str):
+def settings_options(model: type[BaseModel], example: str, flags: dict[str, str] | None = None):
     """Give a command one option per field of the settings `model` (its description as help, its default
     as default) and `--set KEY=VALUE`, and call it with `settings=` the validated model: defaults, then
-    `--set`, then the options given on the command line. `flags`: the option of each field (dotted for
-    a field of a section, e.g. ppl_data.path); a field not named there has none (`--set` still sets it)."""
+    `--set`, then the options given on the command line. A field's option is --field-name unless `flags`
+    names another (with a short form: "--data -d"); a section's fields (ppl_data.path) have an option
+    only where `flags` names one, and `--set` reaches every field."""
+    flags = flags or {}
+    chosen = {}
+    for name, field in model.model_fields.items():
+        if section_of(field.annotation):
+            chosen |= {key: flag for key, flag in flags.items() if key.startswith(f"{name}.")}
+        else:
+            chosen[name] = flags.get(name, "--" + name.replace("_", "-"))
+    flags = chosen
 
     def option(key: str, flag: str):
         section, _, name = key.rpartition(".")
-        owner = model.model_fields[section].annotation if section else model
-        owner = next(a for a in typing.get_args(owner) or (owner,) if isinstance(a, type) and issubclass(a, BaseModel))
+        owner = section_of(model.model_fields[section].annotation) if section else model
         field = owner.model_fields[name]
         kind = command_line_type(field.annotation)
         names = [f"{flag}/--no-{flag[2:]}"] if kind is bool else flag.split()
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         return Parameter(key.replace(".", "__"), Parameter.KEYWORD_ONLY, annotation=kind,
-                                 default=typer.Option(default, *names, help=field.description))
+                         default=typer.Option(default, *names, help=field.description))
 
     added = [option(key, flag) for key, flag in flags.items()]
     set_option = Parameter("set_", Parameter.KEYWORD_ONLY, annotation=list[str],
-                                   default=typer.Option([], "--set", help=SET_HELP.format(example=example)))
+                           default=typer.Option([], "--set", help=SET_HELP.format(example=example)))
 
     def decorator(command):
         @functools.wraps(command)
@@ -90,6 +98,19 @@ def settings_options(model: type[BaseModel], flags: dict[str, str], example: str
         return wrapper
 
     return decorator
+
+
+def show(report, as_json: bool, written: list[Path]) -> None:
+    """The files written (on stderr), then the report as JSON or Markdown."""
+    for path in written:
+        typer.echo(f"wrote {path}", err=True)
+    typer.echo(report.to_json() if as_json else report.to_markdown())
+
+
+def section_of(annotation) -> type[BaseModel] | None:
+    """The settings model a field holds (`TextSource` for `TextSource | None`), if any."""
+    return next((a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type) and issubclass(a, BaseModel)),
+                None)
 
 
 def command_line_type(annotation):
@@ -229,13 +250,11 @@ def merge_adapter(
 
 @app.command("eval")
 @one_line_errors
-@settings_options(EvalSettings, {
+@settings_options(EvalSettings, example="ppl_data.sample_by=line", flags={
     "tasks": "--tasks -t", "include_paths": "--include-path", "ppl_data.path": "--ppl-data", "ppl_data.name": "--ppl-config",
-    "ppl_data.split": "--ppl-split", "ppl_data.text_field": "--text-field", "ppl_kinds": "--ppl-kind",
-    "ppl_data.max_documents": "--max-documents", "ppl_max_length": "--max-length", "ppl_stride": "--stride",
-    "limit": "--limit", "num_fewshot": "--num-fewshot", "batch_size": "--batch-size", "device": "--device",
-    "dtype": "--dtype", "headline": "--headline", "seed": "--seed",
-}, example="ppl_data.sample_by=line")
+    "ppl_data.split": "--ppl-split", "ppl_data.text_field": "--text-field", "ppl_data.max_documents": "--max-documents",
+    "ppl_kinds": "--ppl-kind", "ppl_max_length": "--max-length", "ppl_stride": "--stride",
+})
 def eval_(
     models: Annotated[list[str], typer.Argument(help="model folders, hub ids or recipes (grown on the fly)")],
     settings,
@@ -246,19 +265,12 @@ def eval_(
     from .evaluate import evaluate_models, write_report
 
     report = evaluate_models(models, settings)
-    if out is not None:
-        for path in write_report(report, out, "eval"):
-            typer.echo(f"wrote {path}", err=True)
-    typer.echo(report.to_json() if json_ else report.to_markdown())
+    show(report, json_, write_report(report, out, "eval") if out is not None else [])
 
 
 @app.command()
 @one_line_errors
-@settings_options(BenchSettings, {
-    "device": "--device", "dtype": "--dtype", "batch_size": "--batch-size", "train_seq_len": "--seq-len",
-    "prefill_len": "--prefill-len", "decode_tokens": "--decode-tokens", "warmup": "--warmup", "repeats": "--repeats",
-    "threads": "--threads", "seed": "--seed", "base": "--base",
-}, example="repeats=9")
+@settings_options(BenchSettings, example="repeats=9", flags={"train_seq_len": "--seq-len"})
 def bench(
     models: Annotated[list[str], typer.Argument(help="model folders, recipes (grown on the fly) or hub ids; random weights where there are none")],
     settings,
@@ -273,20 +285,12 @@ def bench(
     from .bench import bench as run_bench, write_bench
 
     report = run_bench(models, settings, reference=reference, isolate=isolate)
-    if out is not None:
-        for path in write_bench(report, out):
-            typer.echo(f"wrote {path}", err=True)
-    typer.echo(report.to_json() if json_ else report.to_markdown())
+    show(report, json_, write_bench(report, out) if out is not None else [])
 
 
 @app.command()
 @one_line_errors
-@settings_options(AnalyzeSettings, {
-    "data": "--data -d", "text_field": "--text-field", "seq_len": "--seq-len", "max_tokens": "--max-tokens",
-    "batch_size": "--batch-size", "removal": "--removal", "permutations": "--permutations",
-    "retrain_values": "--retrain-values", "retrain_steps": "--retrain-steps", "retrain_lr": "--retrain-lr",
-    "device": "--device", "dtype": "--dtype", "seed": "--seed",
-}, example="permutations=5")
+@settings_options(AnalyzeSettings, example="permutations=5", flags={"data": "--data -d"})
 def analyze(
     model: Annotated[str, typer.Argument(help="MIDUS or Llama-family model folder (or hub id / recipe YAML)")],
     settings,
