@@ -22,6 +22,7 @@ import torch
 
 import midus
 from midus.layer_report import describe
+from midus.report import markdown_table, stack_letters
 from midus.tiny import write_tiny_llama
 from midus.train import TrainConfig
 from midus.train.optim import build_optimizer, build_scheduler
@@ -131,13 +132,11 @@ def main():
     (args.out / "train_throughput.json").write_text(json.dumps(results, indent=2))
     lines = [f"Training step ({device}, {torch.get_num_threads()} threads), {args.batch}x{args.seq_len} tokens, "
              f"median of {args.repeats} interleaved steps", "",
-             "| model | layers | parameters | FLOPs/token (fwd) | s/step | tokens/s |", "|---|---|---|---|---|---|"]
-    for name, row in results["models"].items():
-        stack = " ".join({"decoder": "D", "memory": "M"}[kind] for kind in row["layers"])
-        lines.append(f"| {name} | `{stack}` | {row['parameters'] / 1e6:.1f}M | {row['flops_per_token'] / 1e6:.1f}M | "
-                     f"{row['median_step_seconds']:.3f} | {row['tokens_per_s']:.1f} |")
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.3f} |" for name, value in results["ratio"].items()]
+             *markdown_table(["model", "layers", "parameters", "FLOPs/token (fwd)", "s/step", "tokens/s"], [
+                 [name, f"`{stack_letters(row['layers'])}`", f"{row['parameters'] / 1e6:.1f}M",
+                  f"{row['flops_per_token'] / 1e6:.1f}M", f"{row['median_step_seconds']:.3f}", f"{row['tokens_per_s']:.1f}"]
+                 for name, row in results["models"].items()]),
+             "", *markdown_table(["ratio", "value"], [[name, f"{value:.3f}"] for name, value in results["ratio"].items()])]
     (args.out / "train_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

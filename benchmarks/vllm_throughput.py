@@ -55,6 +55,7 @@ def main():
 
     import torch
     import vllm
+    from midus.report import markdown_table, stack_letters
     from midus.serve import engine_args
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,14 +111,10 @@ def main():
     lines = [f"vLLM {vllm.__version__} generation ({results['device']}, {os.cpu_count()} cores, fp32, eager), "
              f"{args.batch} prompts x ({args.prompt_tokens} prompt + {args.new_tokens} generated tokens) per call, "
              f"median of {args.repeats} interleaved calls", "",
-             "| model | layers | served by | generated tokens/s (median) | min - max |", "|---|---|---|---|---|"]
-    for name, row in results["models"].items():
-        stack = " ".join({"decoder": "D", "memory": "M"}[kind] for kind in row["layers"])
-        low, high = row["spread_tokens_per_s"]
-        lines.append(f"| {name} | `{stack}` | {row['vllm_implementation']} | {row['median_tokens_per_s']:.1f} | "
-                     f"{low:.1f} - {high:.1f} |")
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.3f} |" for name, value in results["ratio"].items()]
+             *markdown_table(["model", "layers", "served by", "generated tokens/s (median)", "min - max"], [
+                 [name, f"`{stack_letters(row['layers'])}`", row["vllm_implementation"], f"{row['median_tokens_per_s']:.1f}",
+                  "{:.1f} - {:.1f}".format(*row["spread_tokens_per_s"])] for name, row in results["models"].items()]),
+             "", *markdown_table(["ratio", "value"], [[name, f"{value:.3f}"] for name, value in results["ratio"].items()])]
     (args.out / "vllm_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

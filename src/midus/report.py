@@ -1,5 +1,6 @@
 """What every report shares: the JSON envelope (`Report`), writing its files all or none
-(`write_report_files`) and its Markdown tables (`markdown_table`)."""
+(`write_report_files`), its Markdown tables (`markdown_table`) and how a stack of layers is written
+(`stack_letters`)."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from .checkpoint import write_files
+
+KIND_LETTERS = {"decoder": "D", "memory": "M", "pkm": "P"}  # a layer's kind in one letter
 
 
 class Report(BaseModel):
@@ -39,3 +42,8 @@ def markdown_table(header: list[str], rows: list[list[str]], align: str = "") ->
     marks = ["---:" if a == "r" else "---" for a in align.ljust(len(header))]
     return ["|" + "".join(f" {cell} |" if cell else " |" for cell in header), "|" + "".join(m + "|" for m in marks),
             *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def stack_letters(kinds: list[str], new: list[bool] | None = None) -> str:
+    """"D D M D": a stack of layers by kind, each one growth added marked * (where `new` is given)."""
+    return " ".join(KIND_LETTERS[kind] + ("*" if added else "") for kind, added in zip(kinds, new or [False] * len(kinds)))

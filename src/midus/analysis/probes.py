@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from ..loss import mean_nll
 from ..parameters import layer_kind
+from ..report import KIND_LETTERS
 
-KIND_LETTERS = {"decoder": "D", "memory": "M", "pkm": "P"}
 NEGLIGIBLE_LOSS = 1e-4  # loss changes (nats per token) below this count as none
 
 

@@ -17,11 +17,11 @@ from ..data.sources import load_texts
 from ..errors import MidusError, UsageError
 from ..load import is_recipe, load_model
 from ..recipe import Recipe
-from ..report import Report
+from ..report import Report, stack_letters
 from ..schema import YamlModel
 from .fixed_retrieval import FixedRetrieval, fixed_retrieval_analysis
 from .head_importance import HeadImportance, head_importance
-from .probes import KIND_LETTERS, blocks
+from .probes import blocks
 from .usage import MemoryUsage, memory_usage
 from .value_retraining import retrain_values
 
@@ -117,7 +117,7 @@ def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True
 
     return Analysis(
         model=model_name, model_type=model.config.model_type,
-        stack=" ".join(KIND_LETTERS[b.kind] + ("*" if b.new else "") for b in stack), memory_blocks=len(memory),
+        stack=stack_letters([b.kind for b in stack], [b.new for b in stack]), memory_blocks=len(memory),
         settings=settings, files=[str(f) for f in files], windows=len(windows),
         tokens=importance.tokens, baseline_loss=importance.baseline_loss, notes=notes,
         head_importance=importance, fixed_retrieval=fixed, usage=usage,

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from ..checkpoint import DTYPES, atomic_dir, check_family, check_out_dir, load_config, load_tokenizer, resolve, save_model
 from ..parameters import count_parameters
 from ..recipe import RECIPE_FILE, Recipe
-from ..report import markdown_table
+from ..report import markdown_table, stack_letters
 from .registry import METHODS
 from .weights import BaseWeights, open_base
 
@@ -71,7 +71,7 @@ def model_card(recipe: Recipe, grown: PreTrainedModel, base_params: int) -> str:
     total = count_parameters(grown)
     added = total - base_params
     kinds = [entry["kind"] for entry in getattr(grown.config, "layer_map", None) or []]
-    stack = " ".join({"decoder": "D", "memory": "M", "pkm": "P"}[k] for k in kinds) if kinds else ""
+    stack = stack_letters(kinds)
     lines = [
         "---",
         "library_name: transformers",
