@@ -15,7 +15,7 @@ from .analysis.run import AnalyzeSettings
 from .bench.measure import BenchSettings
 from .errors import MidusError, UsageError
 from .evaluate.report import EvalSettings
-from .schema import parse_override
+from .schema import parse_override, section_of
 
 app = typer.Typer(
     help="MIDUS: grow a pre-trained LLM in depth with memory blocks, or with any classic Depth Up-Scaling method.",
@@ -105,12 +105,6 @@ def show(report, as_json: bool, written: list[Path]) -> None:
     for path in written:
         typer.echo(f"wrote {path}", err=True)
     typer.echo(report.to_json() if as_json else report.to_markdown())
-
-
-def section_of(annotation) -> type[BaseModel] | None:
-    """The settings model a field holds (`TextSource` for `TextSource | None`), if any."""
-    return next((a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type) and issubclass(a, BaseModel)),
-                None)
 
 
 def command_line_type(annotation):

@@ -121,8 +121,13 @@ def _field_path(loc: tuple, model: type[BaseModel]) -> tuple[list[str], type[Bas
             break
         path.append(part)
         info = owner.model_fields[part]
-        owner = next((a for a in _flat_args(info.annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        owner = section_of(info.annotation)
     return path, owner, info
+
+
+def section_of(annotation) -> type[BaseModel] | None:
+    """The model a field holds as a section (`TextSource` for `TextSource | None`), if any."""
+    return next((a for a in _flat_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
 
 
 def _flat_args(annotation) -> list:
