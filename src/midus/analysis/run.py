@@ -118,7 +118,7 @@ def analyze(model_name: str, settings: AnalyzeSettings, *, progress: bool = True
     return Analysis(
         model=model_name, model_type=model.config.model_type,
         stack=stack_letters([b.kind for b in stack], [b.new for b in stack]), memory_blocks=len(memory),
-        settings=settings, files=[str(f) for f in files], windows=len(windows),
+        settings=settings, files=files, windows=len(windows),
         tokens=importance.tokens, baseline_loss=importance.baseline_loss, notes=notes,
         head_importance=importance, fixed_retrieval=fixed, usage=usage,
     )

@@ -1,5 +1,5 @@
 """Where text comes from: `DataConfig` (training data), `TextSource` (evaluation text) and `load_texts`
-(the analyses' files, globs and folders), all read by `midus.data.loading.load_documents`, so every command takes its text the same way."""
+(the analyses' files), all read by `midus.data.loading.load_documents`, so every command takes its text the same way."""
 
 from pathlib import Path
 from typing import Literal
@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..errors import MidusError
 from ..schema import Strict
-from .loading import BUILDERS, expand_files, load_documents, quiet_datasets
+from .loading import BUILDERS, load_documents, quiet_datasets
 
 
 class DataConfig(Strict):
@@ -90,11 +90,11 @@ def source_documents(source: TextSource) -> list[str]:
     return documents
 
 
-def load_texts(patterns: list[str], text_field: str = "text") -> list[str]:
-    """The non-empty documents of every file named, globbed or in the folders given (`expand_files`),
-    file by file in order, so files of different types may be mixed (a .txt file: one per paragraph)."""
+def load_texts(files: list[str], text_field: str = "text") -> list[str]:
+    """The non-empty documents of every file (as `expand_files` lists them), file by file in order, so
+    files of different types may be mixed (a .txt file: one per paragraph)."""
     documents = []
     with quiet_datasets():
-        for path in expand_files(patterns):
+        for path in files:
             documents += source_documents(TextSource(path=path, text_field=text_field))
     return documents
