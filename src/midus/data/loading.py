@@ -12,10 +12,12 @@ import glob
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import torch
-from datasets import Dataset, IterableDataset
+
+if TYPE_CHECKING:  # `datasets` is imported where data is read: the settings that name files load without it
+    from datasets import Dataset, IterableDataset
 
 from ..checkpoint import first_line
 from ..errors import UsageError
@@ -30,8 +32,10 @@ class DataError(UsageError):
     """Training data that cannot be used."""
 
 
-def load_documents(data, files: list[str] | None = None, split: str | None = None) -> Dataset | IterableDataset:
+def load_documents(data, files: list[str] | None = None, split: str | None = None) -> "Dataset | IterableDataset":
     """The raw documents of `data` (a DataConfig): its local `files`, or a split of its hub dataset."""
+    import datasets
+
     if files is not None:
         paths = expand_files(files)
         builder = file_builder(paths)
@@ -57,6 +61,8 @@ def load_documents(data, files: list[str] | None = None, split: str | None = Non
 @contextmanager
 def quiet_datasets():
     """No `datasets` progress bars while reading a few local files (an error stays one line)."""
+    import datasets
+
     enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -212,6 +218,8 @@ def batches_of(windows: torch.Tensor, batch_size: int, device: str | torch.devic
 
 
 def has_sequence(sequences) -> bool:
+    from datasets import IterableDataset
+
     if isinstance(sequences, IterableDataset):
         return next(iter(sequences), None) is not None
     return len(sequences) > 0
@@ -219,8 +227,10 @@ def has_sequence(sequences) -> bool:
 
 # --- train / held-out ------------------------------------------------------------------------------
 
-def build_datasets(data, tokenizer, seq_len: int, seed: int) -> tuple[Dataset | IterableDataset, Dataset | None]:
+def build_datasets(data, tokenizer, seq_len: int, seed: int) -> "tuple[Dataset | IterableDataset, Dataset | None]":
     """Training sequences and (at most `eval_sequences`) held-out sequences, or None without evaluation."""
+    from datasets import Dataset, IterableDataset
+
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token, which separates packed documents; use a tokenizer with one")
     documents = load_documents(data, data.files, data.split)
