@@ -187,7 +187,7 @@ class MidusModel(MidusPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | dict[str, torch.Tensor] | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -210,16 +210,18 @@ class MidusModel(MidusPreTrainedModel):
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
-        mask_kwargs = dict(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{MASK_CACHE: cache},
-        )
-        masks = {"full_attention": create_causal_mask(**mask_kwargs)}  # one mask per layer type
-        if "sliding_attention" in self.config.layer_types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        # one mask per layer type; `generate` with a static cache passes them ready-made, by type
+        if not isinstance(masks := attention_mask, dict):
+            mask_kwargs = dict(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                **{MASK_CACHE: cache},
+            )
+            masks = {"full_attention": create_causal_mask(**mask_kwargs)}
+            if "sliding_attention" in self.config.layer_types:
+                masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         for layer, layer_type in zip(self.layers[: self.config.num_hidden_layers], self.config.layer_types):

@@ -28,8 +28,9 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torc
     weights = weights.to(bank.dtype)
     if not embedding_bag_supported(bank.device.type, bank.dtype):
         return gather_pool(bank, slots, weights)
+    # an eager speed-up: a compiled graph (torch.compile) differentiates embedding_bag itself
     if (bank.device.type == "cpu" and bank.dtype in SPARSE_BACKWARD_DTYPES and torch.is_grad_enabled()
-            and (bank.requires_grad or weights.requires_grad)):
+            and (bank.requires_grad or weights.requires_grad) and not torch.compiler.is_compiling()):
         return SparseBackwardPool.apply(bank, slots, weights)
     return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
 
