@@ -38,7 +38,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from midus.bench import BenchSettings, bench
 from midus.model import MidusConfig, MidusMemoryBlock
 from midus.model.hml import ProductKeys, normalize_query
-from midus.model.retrieval import candidate_pairs
+from midus.model.retrieval import staircase
 from midus.model.values import pool
 
 N_KEYS, TOPK, LATENT = 64, 32, 64
@@ -68,7 +68,7 @@ def block_flops(shape: dict, context: float) -> tuple[float, float]:
     qkv = d * heads * d_h + 2 * d * kv_heads * d_h
     attention = 2 * heads * d_h * context
     full = qkv + heads * d_h * d + 3 * d * d_ff + attention
-    pairs = len(candidate_pairs(TOPK, torch.device("cpu")))
+    pairs = sum((last - first) * width for first, last, width in staircase(TOPK))
     memory = qkv + attention + heads * 2 * N_KEYS * d_h // 2 + heads * pairs / 2 + heads * TOPK * LATENT + heads * LATENT * d
     return full, memory
 

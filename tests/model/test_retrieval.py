@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from midus.model.retrieval import DECODE_MAX_TOKENS, candidate_pairs, product_key_topk
+from midus.model.retrieval import DECODE_MAX_TOKENS, pair_sums, product_key_topk, staircase
 
 
 def exhaustive_topk(query, keys, topk):
@@ -30,11 +30,19 @@ def test_retrieval_equals_exhaustive_topk(n, k, head_dim):
     torch.testing.assert_close(scores.softmax(-1), ref_scores.softmax(-1))
 
 
-def test_candidate_pairs_are_the_pruned_set():
-    positions = candidate_pairs(32, torch.device("cpu"))
-    pairs = {(a, b - 32) for a, b in positions.tolist()}
-    assert pairs == {(a, b) for a in range(32) for b in range(32) if (a + 1) * (b + 1) <= 32}
-    assert len(pairs) < 32 * 32 // 7  # ~k ln k candidates instead of k^2
+@pytest.mark.parametrize("topk", [1, 4, 7, 32])
+def test_staircase_is_the_pruned_set(topk):
+    pairs = [(a, b) for first, last, width in staircase(topk) for a in range(first, last) for b in range(width)]
+    assert pairs == [(a, b) for a in range(topk) for b in range(topk) if (a + 1) * (b + 1) <= topk]  # a-major
+    if topk == 32:
+        assert len(pairs) < 32 * 32 // 7  # ~k ln k candidates instead of k^2
+
+
+def test_pair_sums_add_each_pair_once_in_staircase_order():
+    rows, columns = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
+    pairs = [(a, b) for first, last, width in staircase(8) for a in range(first, last) for b in range(width)]
+    expected = torch.stack([rows[..., a] + columns[..., b] for a, b in pairs], dim=-1)
+    torch.testing.assert_close(pair_sums(rows, columns, 8), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("n_tokens", [DECODE_MAX_TOKENS + 1, 40])

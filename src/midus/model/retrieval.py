@@ -7,20 +7,30 @@ is beaten by every pair (a', b') with a' <= a, b' <= b, so only pairs with (a+1)
 the final top-k.
 """
 
-from functools import lru_cache
-
 import torch
 
 # a bound on the n*n grid (one bank row per slot: a bigger grid could never be allocated)
 MAX_SLOTS = torch.iinfo(torch.int32).max
 
 
-@lru_cache(maxsize=None)
-def candidate_pairs(topk: int, device: torch.device) -> torch.Tensor:
-    """Rank pairs (a, b) of the two sorted first-stage lists with (a+1)(b+1) <= topk, as [P, 2]
-    positions (a, topk + b) in the two lists laid end to end."""
-    pairs = [(a, topk + b) for a in range(topk) for b in range(topk // (a + 1))]
-    return torch.tensor(pairs, device=device)
+def staircase(topk: int) -> list[tuple[int, int, int]]:
+    """The pairs (a, b) of ranks in the two sorted first-stage lists with (a+1)(b+1) <= topk, as blocks
+    (first a, last a + 1, width): ranks a of one width topk // (a+1) share a block, b < width."""
+    blocks = []
+    for a in range(topk):
+        width = topk // (a + 1)
+        if blocks and blocks[-1][2] == width:
+            blocks[-1] = (blocks[-1][0], a + 1, width)
+        else:
+            blocks.append((a, a + 1, width))
+    return blocks
+
+
+def pair_sums(rows: torch.Tensor, columns: torch.Tensor, topk: int) -> torch.Tensor:
+    """rows[..., a] + columns[..., b] over the staircase's pairs, a-major: [..., k] x 2 -> [..., P].
+    A broadcast add per block (about 2 sqrt(k) of them) instead of a gather of P scattered pairs."""
+    return torch.cat([(rows[..., first:last, None] + columns[..., None, :width]).flatten(-2)
+                      for first, last, width in staircase(topk)], dim=-1)
 
 
 # up to this many tokens without gradients (decode: one per sequence), the k x k grid beats the pairs
@@ -52,14 +62,13 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
 
     with torch.no_grad():  # selection only: gradients flow through the gathered scores below
         half_scores, half_ids = scores.topk(topk, dim=-1, sorted=True)  # [N, H, 2, k]
-        pairs = candidate_pairs(topk, query.device)  # [P, 2]
-        candidates = half_scores.flatten(-2)[..., pairs]  # [N, H, P, 2]: row score, column score
-        best_scores, best = (candidates[..., 0] + candidates[..., 1]).topk(topk, dim=-1, sorted=False)
-        ids = half_ids.flatten(-2).gather(-1, pairs[best].flatten(-2)).view(n_tokens, heads, topk, 2)
-    slots = ids[..., 0] * n + ids[..., 1]
+        candidates = pair_sums(half_scores[:, :, 0], half_scores[:, :, 1], topk)  # [N, H, P]
+        candidate_slots = pair_sums(half_ids[:, :, 0] * n, half_ids[:, :, 1], topk)  # row * n + column
+        best_scores, best = candidates.topk(topk, dim=-1, sorted=False)
+        slots = candidate_slots.gather(-1, best)
     if needs_grad:
         # the same sums, now from the scores themselves: [N, H, 2, k] (row ids, then column ids)
-        picked = scores.gather(-1, ids.transpose(-1, -2))
+        picked = scores.gather(-1, torch.stack([slots // n, slots % n], dim=2))
         best_scores = picked[:, :, 0] + picked[:, :, 1]
     return best_scores, slots
 
