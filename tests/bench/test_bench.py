@@ -179,3 +179,30 @@ def test_bad_inputs_are_one_line_errors(tiny_base, tmp_path):
     # the same error comes back from the measuring process
     assert_one_line_error(runner.invoke(app, ["bench", str(broken), "--isolate"]), "cannot load its weights",
                           code=1, other_lines=True)
+
+
+def test_compiled_inference_decodes_the_eager_tokens_run_after_run(monkeypatch, recipes):
+    """bench --compile: the forward compiled with fullgraph, the static cache emptied before each run. The
+    `eager` backend stands in for inductor (the same graph capture, no minutes of code generation)."""
+    import torch
+    from midus.bench import measure as measure_module
+    compile_calls, real_compile = [], torch.compile
+
+    def eager_backend(function, **options):
+        compile_calls.append(options)
+        return real_compile(function, fullgraph=options["fullgraph"], dynamic=options["dynamic"], backend="eager")
+
+    monkeypatch.setattr(measure_module.torch, "compile", eager_backend)
+    torch._dynamo.reset()
+    try:
+        eager = measure_module.Subject(recipes["midus"], TINY, torch.device("cpu"))
+        compiled = measure_module.Subject(recipes["midus"], TINY.model_copy(update={"compile": True}), torch.device("cpu"))
+        for _ in range(2):
+            eager.inference()
+            compiled.inference()
+            assert compiled.generated.shape == (1, TINY.decode_tokens)
+            assert torch.equal(compiled.generated, eager.generated)
+        assert type(compiled.model).__name__ == "MidusForCausalLM"
+    finally:
+        torch._dynamo.reset()
+    assert compile_calls == [{"fullgraph": True, "dynamic": False, "mode": "default"}]

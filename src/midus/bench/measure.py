@@ -29,6 +29,7 @@ import torch
 from typing import ClassVar
 
 from pydantic import BaseModel, Field
+from transformers import StaticCache
 
 from ..checkpoint import DtypeName
 from ..errors import UsageError
@@ -54,6 +55,9 @@ class BenchSettings(YamlModel):
                                               "figures are medians over them")
     seed: int = Field(0, description="random weights (where a model has none) and random input tokens")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    compile: bool = Field(False, description="inference through torch.compile(fullgraph=True) of the forward with "
+                                             "a static KV cache (inductor; CUDA graphs on a GPU); the warm-up runs "
+                                             "compile it (set warmup >= 1). Training stays eager")
     base: str | None = Field(None, description="recipes only: grow them on this base instead (e.g. a folder "
                                                "holding just the base's config.json: random weights)")
 
@@ -189,19 +193,31 @@ class Subject:
         self.prompt = torch.randint(vocab, (batch, settings.prefill_len), generator=generator).to(device)
         self.train_ids = torch.randint(vocab, (batch, settings.train_seq_len), generator=generator).to(device)
         self.optimizer = None
+        self.forward, self.static_cache, self.generated = self.model, None, None
+        if settings.compile:
+            mode = "reduce-overhead" if device.type == "cuda" else "default"  # CUDA graphs on a GPU
+            self.forward = torch.compile(self.model.forward, fullgraph=True, dynamic=False, mode=mode)
+            self.static_cache = StaticCache(config=self.model.config,
+                                            max_cache_len=settings.prefill_len + settings.decode_tokens)
 
     def inference(self) -> tuple[float, float]:
-        """Seconds of the prefill and seconds per decoded token, greedy, with the KV cache."""
+        """Seconds of the prefill and seconds per decoded token, greedy, with the KV cache (a fresh
+        dynamic one, or the static one emptied, when compiled)."""
         state = {}
+        cache = {}
+        if self.static_cache is not None:
+            self.static_cache.reset()
+            cache = {CACHE_ARG: self.static_cache}
 
         def prefill():
-            state["out"] = self.model(input_ids=self.prompt, use_cache=True)
+            state["out"] = self.forward(input_ids=self.prompt, use_cache=True, **cache)
 
         def decode():
-            out = state["out"]
+            out, generated = state["out"], []
             for _ in range(self.settings.decode_tokens):
-                token = out.logits[:, -1:].argmax(-1)
-                out = self.model(input_ids=token, use_cache=True, **{CACHE_ARG: getattr(out, OUTPUT_CACHE)})
+                generated.append(out.logits[:, -1:].argmax(-1))
+                out = self.forward(input_ids=generated[-1], use_cache=True, **{CACHE_ARG: getattr(out, OUTPUT_CACHE)})
+            self.generated = torch.cat(generated, dim=1)  # this run's greedy tokens (compiled = eager: tested)
 
         with torch.no_grad():
             return timed(prefill, self.device), timed(decode, self.device) / self.settings.decode_tokens

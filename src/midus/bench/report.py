@@ -181,7 +181,8 @@ def bench_markdown(report: BenchReport) -> str:
     notes = [
         f"Timings: median [interquartile range], {how}; (×) = ratio to {report.reference}, measured in the same "
         f"run. Batch {s.batch_size}; training step = forward + backward + AdamW on {s.train_seq_len} tokens; prefill "
-        f"of {s.prefill_len} tokens; decode of {s.decode_tokens} tokens with the KV cache. Device "
+        f"of {s.prefill_len} tokens; decode of {s.decode_tokens} tokens with the KV cache"
+        f"{' (inference compiled: torch.compile fullgraph, static cache; training eager)' if s.compile else ''}. Device "
         f"{env.get('device_name')}, dtype {s.dtype}, {env.get('threads')} threads.",
         f"Memory: {env.get('memory_method')}.",
     ]
