@@ -102,3 +102,51 @@ def test_embedding_bag_is_used_on_cpu_and_cuda_only():
     assert embedding_bag_supported("cpu", torch.bfloat16) and embedding_bag_supported("cuda", torch.float16)
     assert not embedding_bag_supported("mps", torch.float32)
     assert not embedding_bag_supported("cpu", torch.int64)
+
+
+def test_float32_backward_only_where_cuda_bf16_lacks_the_kernel():
+    """pytorch#185808: before torch 2.13 the weighted embedding_bag's CUDA backward has no bfloat16."""
+    from midus.model.values import CUDA_BF16_BACKWARD, float32_backward
+
+    assert CUDA_BF16_BACKWARD == (tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 13))
+    assert float32_backward("cuda", torch.bfloat16, backward=True, cuda_bf16_backward=False)
+    assert not float32_backward("cuda", torch.bfloat16, backward=True, cuda_bf16_backward=True)
+    assert not float32_backward("cuda", torch.bfloat16, backward=False, cuda_bf16_backward=False)  # inference
+    assert not float32_backward("cuda", torch.float16, backward=True, cuda_bf16_backward=False)
+    assert not float32_backward("cpu", torch.bfloat16, backward=True, cuda_bf16_backward=False)
+
+
+def bf16_pool_against_float64_reference(device, monkeypatch=None):
+    """pool in bfloat16 with gradients (bank and weights) against the float64 gather reference."""
+    import midus.model.values as values_module
+
+    if monkeypatch is not None:  # the float32 route, taken on the CPU as it is on CUDA before torch 2.13
+        routes = []
+        monkeypatch.setattr(values_module, "float32_backward", lambda *args: routes.append(args) or True)
+    bank64 = torch.randn(40, 8, dtype=torch.float64)
+    slots, weights64 = retrieval(6, 1, 40, 4, seed=7)
+    slots, weights64 = slots.flatten(0, 1).to(device), weights64.flatten(0, 1)
+    bank = bank64.to(device, torch.bfloat16).requires_grad_()
+    weights = weights64.to(device, torch.bfloat16).requires_grad_()
+    out = values_module.pool(bank, slots, weights)
+    grads = torch.autograd.grad(out.float().square().sum(), (bank, weights))
+    reference_bank = bank.detach().double().requires_grad_()
+    reference_weights = weights.detach().double().requires_grad_()
+    reference = gather_pool(reference_bank, slots, reference_weights)
+    reference_grads = torch.autograd.grad(reference.square().sum(), (reference_bank, reference_weights))
+    assert out.dtype == torch.bfloat16 and all(grad.dtype == torch.bfloat16 for grad in grads)
+    torch.testing.assert_close(out.double(), reference, atol=2e-2, rtol=1e-2)
+    for grad, reference_grad in zip(grads, reference_grads):
+        torch.testing.assert_close(grad.double(), reference_grad, atol=5e-2, rtol=2e-2)
+    if monkeypatch is not None:
+        assert routes == [(device.type if isinstance(device, torch.device) else device, torch.bfloat16, True)]
+
+
+def test_float32_route_of_the_bf16_pool_matches_the_reference(monkeypatch):
+    bf16_pool_against_float64_reference("cpu", monkeypatch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_pool_trains_on_cuda_with_this_torch():
+    """On this torch's own CUDA route (embedding_bag from 2.13, float32 before): no NotImplementedError."""
+    bf16_pool_against_float64_reference(torch.device("cuda"))

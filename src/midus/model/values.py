@@ -19,8 +19,19 @@ SPARSE_BACKWARD_DTYPES = (torch.float32, torch.float64)
 DENSE_WEIGHT_GRAD = 16
 
 
+# embedding_bag's CUDA backward in bfloat16: the bank's gradient since torch 2.6 (pytorch#141998), the
+# weights' since 2.13 (pytorch#185808; before, a NotImplementedError in the backward)
+CUDA_BF16_BACKWARD = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 13)
+
+
 def embedding_bag_supported(device_type: str, dtype: torch.dtype) -> bool:
     return device_type in EMBEDDING_BAG_DEVICES and dtype in EMBEDDING_BAG_DTYPES
+
+
+def float32_backward(device_type: str, dtype: torch.dtype, backward: bool,
+                     cuda_bf16_backward: bool = CUDA_BF16_BACKWARD) -> bool:
+    """Where embedding_bag has no bfloat16 backward: pool in float32 (the bank has only n² rows)."""
+    return backward and device_type == "cuda" and dtype == torch.bfloat16 and not cuda_bf16_backward
 
 
 def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -28,9 +39,12 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torc
     weights = weights.to(bank.dtype)
     if not embedding_bag_supported(bank.device.type, bank.dtype):
         return gather_pool(bank, slots, weights)
+    backward = torch.is_grad_enabled() and (bank.requires_grad or weights.requires_grad)
+    if float32_backward(bank.device.type, bank.dtype, backward):
+        return F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
     # an eager speed-up: a compiled graph (torch.compile) differentiates embedding_bag itself
-    if (bank.device.type == "cpu" and bank.dtype in SPARSE_BACKWARD_DTYPES and torch.is_grad_enabled()
-            and (bank.requires_grad or weights.requires_grad) and not torch.compiler.is_compiling()):
+    if (backward and bank.device.type == "cpu" and bank.dtype in SPARSE_BACKWARD_DTYPES
+            and not torch.compiler.is_compiling()):
         return SparseBackwardPool.apply(bank, slots, weights)
     return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
 
