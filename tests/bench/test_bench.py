@@ -181,28 +181,51 @@ def test_bad_inputs_are_one_line_errors(tiny_base, tmp_path):
                           code=1, other_lines=True)
 
 
-def test_compiled_inference_decodes_the_eager_tokens_run_after_run(monkeypatch, recipes):
-    """bench --compile: the forward compiled with fullgraph, the static cache emptied before each run. The
-    `eager` backend stands in for inductor (the same graph capture, no minutes of code generation)."""
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """torch.compile in bench with the `eager` backend: the same graph capture as inductor, no minutes of
+    code generation. Yields the options bench passed."""
     import torch
     from midus.bench import measure as measure_module
-    compile_calls, real_compile = [], torch.compile
+    calls, real_compile = [], torch.compile
 
-    def eager_backend(function, **options):
-        compile_calls.append(options)
+    def compile_eagerly(function, **options):
+        calls.append(options)
         return real_compile(function, fullgraph=options["fullgraph"], dynamic=options["dynamic"], backend="eager")
 
-    monkeypatch.setattr(measure_module.torch, "compile", eager_backend)
+    monkeypatch.setattr(measure_module.torch, "compile", compile_eagerly)
     torch._dynamo.reset()
-    try:
-        eager = measure_module.Subject(recipes["midus"], TINY, torch.device("cpu"))
-        compiled = measure_module.Subject(recipes["midus"], TINY.model_copy(update={"compile": True}), torch.device("cpu"))
-        for _ in range(2):
-            eager.inference()
-            compiled.inference()
-            assert compiled.generated.shape == (1, TINY.decode_tokens)
-            assert torch.equal(compiled.generated, eager.generated)
-        assert type(compiled.model).__name__ == "MidusForCausalLM"
-    finally:
-        torch._dynamo.reset()
-    assert compile_calls == [{"fullgraph": True, "dynamic": False, "mode": "default"}]
+    yield calls
+    torch._dynamo.reset()
+
+
+def test_compiled_inference_decodes_the_eager_tokens_run_after_run(eager_compile, recipes):
+    """bench --compile: the forward compiled with fullgraph, the static cache emptied before each run."""
+    import torch
+    from midus.bench.measure import Subject
+
+    eager = Subject(recipes["midus"], TINY, torch.device("cpu"))
+    compiled = Subject(recipes["midus"], TINY.model_copy(update={"compile": True}), torch.device("cpu"))
+    for _ in range(2):
+        eager.inference()
+        compiled.inference()
+        assert compiled.generated.shape == (1, TINY.decode_tokens)
+        assert torch.equal(compiled.generated, eager.generated)
+    assert type(compiled.model).__name__ == "MidusForCausalLM"
+    assert eager_compile == [{"fullgraph": True, "dynamic": False, "mode": "default"}]
+
+
+def test_compiled_bench_of_five_models_runs_twice_in_one_process(eager_compile, tiny_base, recipes, tmp_path):
+    """Two graphs per model shape (prefill, decode) under one shared code object: five shapes pass dynamo's
+    default limit of 8, a hard error under fullgraph, unless bench makes room (and starts each run from
+    an empty cache)."""
+    from midus.bench.measure import measure_interleaved
+
+    names = [str(tiny_base), recipes["midus"], recipes["llama-pro"],
+             write_recipe(tmp_path / "pro-1.yaml", tiny_base, "llama-pro", new_blocks=1),
+             write_recipe(tmp_path / "pro-3.yaml", tiny_base, "llama-pro", new_blocks=3)]
+    settings = TINY.model_copy(update={"compile": True, "warmup": 1, "repeats": 1, "train_seq_len": 2})
+    for _ in range(2):
+        measurements = measure_interleaved(names, settings)
+        assert [m.name for m in measurements] == names
+    assert len(eager_compile) == 2 * len(names)

@@ -282,6 +282,22 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+@contextmanager
+def measuring(settings: BenchSettings, models: int):
+    """The run's CPU threads and, when compiling, a fresh dynamo cache with room for the graphs of every
+    model (prefill into the cache before and after its lazy allocation, decode: three, four to spare):
+    the models' forwards share code objects (transformers' wrappers), and the default limit of 8 graphs
+    per code object is a hard error under fullgraph from the third model on."""
+    with torch_threads(settings.threads):
+        if not settings.compile:
+            yield
+            return
+        torch._dynamo.reset()  # graphs of an earlier bench in this process hold their models and count
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        with torch._dynamo.config.patch(**{limit: max(8, 4 * models)}):
+            yield
+
+
 def check_device(settings: BenchSettings) -> torch.device:
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -293,7 +309,7 @@ def measure(name: str, settings: BenchSettings) -> Measurement:
     """One model alone (in a fresh process: `bench --isolate`): `warmup` then `repeats` inference runs,
     then as many training steps, each phase's peak memory measured."""
     device = check_device(settings)
-    with torch_threads(settings.threads):
+    with measuring(settings, 1):
         probe = MemoryProbe(device)
         subject = Subject(name, settings, device)
         with probe.phase() as inference_memory:
@@ -315,7 +331,7 @@ def measure_interleaved(names: list[str], settings: BenchSettings, progress=None
     Peak memory: CUDA only (the phase's peak above what was allocated before it, plus what the model
     itself holds); on the CPU one process's resident size cannot be split between models (None)."""
     device = check_device(settings)
-    with torch_threads(settings.threads):
+    with measuring(settings, len(names)):
         subjects = [Subject(name, settings, device) for name in names]
         peaks = {"inference": [0.0] * len(subjects), "train": [0.0] * len(subjects)}
         samples = {"inference": [[] for _ in subjects], "train": [[] for _ in subjects]}
