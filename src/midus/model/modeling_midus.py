@@ -132,6 +132,7 @@ class MidusPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # tests/model/test_compile.py
     _can_record_outputs = {}
 
     @torch.no_grad()
