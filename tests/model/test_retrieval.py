@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from midus.model.retrieval import DECODE_MAX_TOKENS, pair_sums, product_key_topk, staircase
+from midus.model.retrieval import DECODE_MAX_TOKENS, pair_sums, product_key_topk, staircase, staircase_ranks
 
 
 def exhaustive_topk(query, keys, topk):
@@ -38,11 +38,14 @@ def test_staircase_is_the_pruned_set(topk):
         assert len(pairs) < 32 * 32 // 7  # ~k ln k candidates instead of k^2
 
 
-def test_pair_sums_add_each_pair_once_in_staircase_order():
+def test_pair_sums_add_each_pair_once_in_staircase_order_and_the_ranks_name_the_pairs():
     rows, columns = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
     pairs = [(a, b) for first, last, width in staircase(8) for a in range(first, last) for b in range(width)]
     expected = torch.stack([rows[..., a] + columns[..., b] for a, b in pairs], dim=-1)
     torch.testing.assert_close(pair_sums(rows, columns, 8), expected, rtol=0, atol=0)
+    ranks = staircase_ranks(8, torch.device("cpu"))
+    assert ranks.shape == (2, len(pairs)) and ranks.T.tolist() == [list(pair) for pair in pairs]
+    torch.testing.assert_close(pair_sums(rows, columns, 8), rows[..., ranks[0]] + columns[..., ranks[1]], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("n_tokens", [DECODE_MAX_TOKENS + 1, 40])

@@ -33,6 +33,12 @@ def pair_sums(rows: torch.Tensor, columns: torch.Tensor, topk: int) -> torch.Ten
                       for first, last, width in staircase(topk)], dim=-1)
 
 
+def staircase_ranks(topk: int, device: torch.device) -> torch.Tensor:
+    """[2, P]: the ranks (a, b) of each staircase pair, in `pair_sums` order."""
+    pairs = [(a, b) for first, last, width in staircase(topk) for a in range(first, last) for b in range(width)]
+    return torch.tensor(pairs, device=device).T
+
+
 # up to this many tokens without gradients (decode: one per sequence), the k x k grid beats the pairs
 DECODE_MAX_TOKENS = 16
 
@@ -63,13 +69,13 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
     with torch.no_grad():  # selection only: gradients flow through the gathered scores below
         half_scores, half_ids = scores.topk(topk, dim=-1, sorted=True)  # [N, H, 2, k]
         candidates = pair_sums(half_scores[:, :, 0], half_scores[:, :, 1], topk)  # [N, H, P]
-        candidate_slots = pair_sums(half_ids[:, :, 0] * n, half_ids[:, :, 1], topk)  # row * n + column
         best_scores, best = candidates.topk(topk, dim=-1, sorted=False)
-        slots = candidate_slots.gather(-1, best)
-    if needs_grad:
-        # the same sums, now from the scores themselves: [N, H, 2, k] (row ids, then column ids)
-        picked = scores.gather(-1, torch.stack([slots // n, slots % n], dim=2))
-        best_scores = picked[:, :, 0] + picked[:, :, 1]
+        # the winners' ranks in each half, then their sub-key ids: [N, H, 2, k] (rows, then columns)
+        ranks = staircase_ranks(topk, query.device)[:, best].permute(1, 2, 0, 3)
+        ids = half_ids.gather(-1, ranks)
+        slots = ids[:, :, 0] * n + ids[:, :, 1]
+    if needs_grad:  # the same sums, now from the scores themselves
+        best_scores = scores.gather(-1, ids).sum(2)
     return best_scores, slots
 
 
