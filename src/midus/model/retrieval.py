@@ -75,8 +75,24 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
         ids = half_ids.gather(-1, ranks)
         slots = ids[:, :, 0] * n + ids[:, :, 1]
     if needs_grad:  # the same sums, now from the scores themselves
-        best_scores = scores.gather(-1, ids).sum(2)
+        best_scores = GatherScores.apply(scores, ids).sum(2)
     return best_scores, slots
+
+
+class GatherScores(torch.autograd.Function):
+    """scores.gather(-1, ids) whose backward keeps only the ids: torch's own gather keeps the whole
+    score grid [N, H, 2, n] for its backward (as much again as the ids, benchmarks/memory_cost.py)."""
+
+    @staticmethod
+    def forward(ctx, scores, ids):
+        ctx.save_for_backward(ids)
+        ctx.grid_shape = scores.shape
+        return scores.gather(-1, ids)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.grid_shape).scatter_add_(-1, ids, grad), None
 
 
 def decode_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
