@@ -7,15 +7,21 @@
    - Llama-3.2-1B width: d 2048, 32 heads, 8 KV heads, d_ff 8192; 2 blocks + 1.
    Few layers and a small vocabulary keep it cheap: the added cost subtracts the base run by run.
    Next to it, the FLOP ratio (forward multiply-adds of the two blocks) and the parameter ratio.
+   With --compile, a second bench run per width and thread count times inference compiled
+   (`bench --compile`: torch.compile(fullgraph=True) of the forward, inductor, a static KV cache); its
+   prefill and decode rows stand next to the eager ones (its training step, eager on 2 tokens, is not read).
 2. Retrieval + pooling vs the PyPI `product-key-memory` layer doing the same work, at 1B width: 32 heads,
    n = 64 sub-keys per half, top-k 32, LayerNorm on each query half (its default), the same value
    table, HIVE's latent bank [n*n, r = 64] (and, second, a wide [n*n, d] table). Its query projection
    `to_queries` is replaced by the identity, so both start from the same [T, 2048] queries and the
    timing holds retrieval and pooling only; both pick the same slots with the same weights (checked).
+   It runs after the bench runs, on a heap they warmed: in a fresh process glibc hands its 32 MiB
+   score grids back to the OS after each call and the page faults of fetching them again inflate its
+   time by a third (2.15x instead of 1.6x here; MALLOC_MMAP_THRESHOLD_ set high gives the warm figure).
 3. Training memory of one block at 1B width: the bytes autograd keeps for the backward (saved
    tensors, counted once per storage) and the bytes of weights, gradients and AdamW state.
 
-    python benchmarks/memory_cost.py [--threads 1 2] [--rounds 7] [--out benchmarks/results]
+    python benchmarks/memory_cost.py [--threads 1 2] [--rounds 7] [--compile] [--out benchmarks/results]
 
 Writes memory_cost.md and memory_cost.json to --out.
 """
@@ -56,6 +62,7 @@ GOALS = {  # MIDUS ÷ LLaMA Pro added cost per block, from issue 13
     ("Llama-3.2-1B", "decode_s_per_token"): ("≤ 0.3", 0.3),
 }
 PHASES = {"train_step_s": "training step", "prefill_s": "prefill", "decode_s_per_token": "decode (per token)"}
+INFERENCE = ("prefill_s", "decode_s_per_token")
 
 
 # ------------------------------------------------------------------------------ 1. added cost per block
@@ -91,10 +98,10 @@ def write_models(folder: Path, width: str) -> list[str]:
     return [str(base), *recipes]
 
 
-def per_round_ratios(midus, pro) -> dict:
+def per_round_ratios(midus, pro, metrics) -> dict:
     """Ratio of the medians (the headline) and the quartiles of the run-by-run ratios (the spread)."""
     out = {}
-    for metric in PHASES:
+    for metric in metrics:
         mine, theirs = getattr(midus.added_per_block, metric), getattr(pro.added_per_block, metric)
         rounds = [a / b for a, b in zip(mine.samples, theirs.samples) if b > 0]
         q1, _, q3 = statistics.quantiles(rounds, n=4, method="inclusive") if len(rounds) > 1 else rounds * 3
@@ -104,7 +111,7 @@ def per_round_ratios(midus, pro) -> dict:
     return out
 
 
-def added_costs(folder: Path, threads: list[int], rounds: int, settings: dict) -> list[dict]:
+def added_costs(folder: Path, threads: list[int], rounds: int, settings: dict, compiled: bool) -> list[dict]:
     rows = []
     for width, spec in WIDTHS.items():
         base, midus, pro = write_models(folder, width)
@@ -116,13 +123,20 @@ def added_costs(folder: Path, threads: list[int], rounds: int, settings: dict) -
                      "prefill_s": block_flops(spec["shape"], (run.prefill_len + 1) / 2),
                      "decode_s_per_token": block_flops(spec["shape"], run.prefill_len + run.decode_tokens / 2)}
             rows.append({"width": width, "shape": spec["shape"], "base_blocks": spec["layers"],
-                         "new_blocks": spec["new_blocks"], "threads": count,
+                         "new_blocks": spec["new_blocks"], "threads": count, "inference": "eager",
                          "param_ratio": models[midus].params_added / models[pro].params_added,
                          "flop_ratio": {m: memory / full for m, (full, memory) in flops.items()},
-                         "phases": per_round_ratios(models[midus], models[pro]),
+                         "phases": per_round_ratios(models[midus], models[pro], PHASES),
                          "bench_markdown": report.to_markdown()})
-            print(f"{width}, {count} thread(s): " + ", ".join(
-                f"{PHASES[m]} {p['ratio']:.2f}" for m, p in rows[-1]["phases"].items()), flush=True)
+            if compiled:  # inference only: the training step of this run (eager, 2 tokens) is not read
+                report = bench([base, midus, pro], run.model_copy(update={"compile": True, "train_seq_len": 2}),
+                               reference=pro)
+                models = {m.name: m for m in report.models}
+                rows.append({**rows[-1], "inference": "compiled", "bench_markdown": report.to_markdown(),
+                             "phases": per_round_ratios(models[midus], models[pro], INFERENCE)})
+            for row in rows[-1 - compiled:]:
+                print(f"{width}, {count} thread(s), {row['inference']}: " + ", ".join(
+                    f"{PHASES[m]} {p['ratio']:.2f}" for m, p in row["phases"].items()), flush=True)
     return rows
 
 
@@ -263,8 +277,8 @@ def markdown(results: dict) -> str:
              "MIDUS ms/block [IQR] | LLaMA Pro ms/block [IQR] | FLOP ratio | parameter ratio | goal |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in results["added_cost"]:
-        for metric, phase in PHASES.items():
-            p = row["phases"][metric]
+        for metric, p in row["phases"].items():
+            phase = PHASES[metric] + (", compiled" if row["inference"] == "compiled" else "")
             lines.append(f"| {row['width']} (+{row['new_blocks']} on {row['base_blocks']}) | {phase} | {row['threads']} | "
                          f"**{p['ratio']:.2f}** [{p['round_q1']:.2f}–{p['round_q3']:.2f}] | "
                          f"{p['midus_ms']:.3f} [{p['midus_iqr_ms'][0]:.3f}–{p['midus_iqr_ms'][1]:.3f}] | "
@@ -298,14 +312,15 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7, help="bench rounds (every model once per round)")
     parser.add_argument("--tokens", type=int, default=256, help="training step, prefill and pkm queries")
+    parser.add_argument("--compile", action="store_true", help="also time inference compiled (minutes of compiling)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     settings = {"train_seq_len": args.tokens, "prefill_len": args.tokens, "decode_tokens": 32, "warmup": 2}
-    results = {"settings": settings, "rounds": args.rounds,
+    results = {"settings": settings, "rounds": args.rounds, "compiled": args.compile,
                "environment": {"device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads by default)",
                                "torch": torch.__version__}}
     with tempfile.TemporaryDirectory(prefix="memory-cost-") as folder:
-        results["added_cost"] = added_costs(Path(folder), args.threads, args.rounds, settings)
+        results["added_cost"] = added_costs(Path(folder), args.threads, args.rounds, settings, args.compile)
     torch.set_num_threads(args.threads[0])
     results["product_key_memory"] = against_product_key_memory(args.tokens, 2 * args.rounds + 1)
     results["training_memory"] = training_memory(args.tokens)
