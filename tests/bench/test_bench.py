@@ -170,6 +170,8 @@ def test_bad_inputs_are_one_line_errors(tiny_base, tmp_path):
     positions = AutoConfig.from_pretrained(tiny_base).max_position_embeddings
     assert_one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--prefill-len", str(positions)]), f"prefill_len + decode_tokens = {positions + 32} is beyond the model's {positions} positions",
                           code=2, other_lines=True)
+    assert_one_line_error(runner.invoke(app, ["bench", str(tiny_base), "--compile", "--warmup", "0"]),
+                          "compile: the warm-up runs compile the forward; set warmup >= 1", code=2, other_lines=True)
     broken = tmp_path / "broken"
     broken.mkdir()
     shutil.copy(tiny_base / "config.json", broken / "config.json")

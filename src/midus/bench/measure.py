@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from typing import ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from transformers import StaticCache
 
 from ..checkpoint import DtypeName
@@ -57,9 +57,15 @@ class BenchSettings(YamlModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     compile: bool = Field(False, description="inference through torch.compile(fullgraph=True) of the forward with "
                                              "a static KV cache (inductor; CUDA graphs on a GPU); the warm-up runs "
-                                             "compile it (set warmup >= 1). Training stays eager")
+                                             "compile it (warmup >= 1). Training stays eager")
     base: str | None = Field(None, description="recipes only: grow them on this base instead (e.g. a folder "
                                                "holding just the base's config.json: random weights)")
+
+    @model_validator(mode="after")
+    def _compile_needs_a_warmup(self):
+        if self.compile and self.warmup < 1:  # else the first timed run would time the compiler
+            raise ValueError("compile: the warm-up runs compile the forward; set warmup >= 1")
+        return self
 
 
 class Stat(BaseModel):
