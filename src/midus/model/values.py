@@ -8,6 +8,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from packaging.version import Version
 from torch import nn
 
 # weighted embedding_bag has forward and backward kernels for these; elsewhere (e.g. mps) we gather
@@ -21,7 +22,7 @@ DENSE_WEIGHT_GRAD = 16
 
 # embedding_bag's CUDA backward in bfloat16: the bank's gradient since torch 2.6 (pytorch#141998), the
 # weights' since 2.13 (pytorch#185808; before, a NotImplementedError in the backward)
-CUDA_BF16_BACKWARD = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 13)
+CUDA_BF16_BACKWARD = Version(torch.__version__).release >= (2, 13)
 
 
 def embedding_bag_supported(device_type: str, dtype: torch.dtype) -> bool:
