@@ -1,7 +1,16 @@
 import pytest
 import torch
 
+from midus.model import cpu_kernels
 from midus.model.retrieval import DECODE_MAX_TOKENS, pair_sums, product_key_topk, staircase, staircase_ranks
+
+
+@pytest.fixture(autouse=True, params=["kernel", "pytorch"])
+def selection(request, monkeypatch):
+    """Every test here runs on both paths: the CPU kernel and the PyTorch reference."""
+    if request.param == "pytorch":
+        monkeypatch.setenv("MIDUS_CPU_KERNELS", "0")
+    assert cpu_kernels.supports(torch.zeros(1)) == (request.param == "kernel")
 
 
 def exhaustive_topk(query, keys, topk):
@@ -69,7 +78,8 @@ def test_training_and_inference_retrieval_agree_exactly_and_gradients_match_the_
 
 @pytest.mark.parametrize("n_tokens", [1, 5, DECODE_MAX_TOKENS])
 def test_decode_path_equals_the_general_path(n_tokens):
-    """Few tokens without gradients take the k x k grid (decode_topk): same slots, same scores."""
+    """Few tokens without gradients take the k x k grid on the PyTorch path (decode_topk): same slots,
+    same scores."""
     torch.manual_seed(100 + n_tokens)
     query = torch.randn(n_tokens, 4, 32)
     keys = torch.randn(4, 2, 64, 16)

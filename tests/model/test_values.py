@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from midus.model.values import DENSE_WEIGHT_GRAD, HiveValues, PerHeadValues, SharedValues, gather_pool, pool
+from midus.model.values import HiveValues, PerHeadValues, SharedValues, gather_pool, pool
 
 
 def retrieval(n_tokens, heads, n_slots, k, seed=0):
@@ -49,14 +49,15 @@ def test_shared_table_sums_heads():
     torch.testing.assert_close(values(slots, weights), reference)
 
 
-@pytest.mark.parametrize("n_slots", [50, 200])  # weights' gradient: dense product (50 <= 16 * 4), per-slot dots
+@pytest.mark.parametrize("kernels", ["1", "0"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_embedding_bag_and_gather_fallback_agree(dtype, n_slots):
-    """The fast pool (embedding_bag forward; on the CPU, with gradients, the sparse-product backward)
-    against the plain gather, the reference: outputs and the gradients of the bank and the weights."""
-    assert (n_slots <= DENSE_WEIGHT_GRAD * 4) == (n_slots == 50)
-    bank = torch.randn(n_slots, 8, dtype=dtype, requires_grad=True)
-    slots, weights = retrieval(7, 1, n_slots, 4, seed=3)
+def test_embedding_bag_and_gather_fallback_agree(dtype, kernels, monkeypatch):
+    """The fast pool (embedding_bag forward; on the CPU in float32/64, with gradients, the kernel's
+    backward unless MIDUS_CPU_KERNELS=0) against the plain gather, the reference: outputs and the
+    gradients of the bank and the weights."""
+    monkeypatch.setenv("MIDUS_CPU_KERNELS", kernels)
+    bank = torch.randn(50, 8, dtype=dtype, requires_grad=True)
+    slots, weights = retrieval(7, 1, 50, 4, seed=3)
     slots = torch.cat([slots.flatten(0, 1), torch.tensor([[3, 3, 3, 3], [3, 9, 3, 9]])])  # repeated slots too
     weights = torch.cat([weights.flatten(0, 1), torch.rand(2, 4, dtype=torch.float64)]).to(dtype).requires_grad_()
     fast, slow = pool(bank, slots, weights), gather_pool(bank, slots, weights)

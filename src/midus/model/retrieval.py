@@ -9,6 +9,8 @@ the final top-k.
 
 import torch
 
+from .cpu_kernels import select as kernel_selection, supports as kernels_support
+
 # a bound on the n*n grid (one bank row per slot: a bigger grid could never be allocated)
 MAX_SLOTS = torch.iinfo(torch.int32).max
 
@@ -58,41 +60,58 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
 
     query: [N, H, d_k]; keys: [H, 2, n, d_k/2].
     Returns scores [N, H, topk] and slot ids [N, H, topk] in [0, n*n), in no particular order.
+    On the CPU the selection is one kernel (cpu_kernels.select); elsewhere, and as its reference,
+    PyTorch ops (`reference_selection`).
     """
-    n_tokens, heads, _ = query.shape
-    n = keys.shape[2]
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
-    if not needs_grad and n_tokens <= DECODE_MAX_TOKENS:
+    kernel = kernels_support(query)
+    if not kernel and not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS:
         return decode_topk(query, keys, topk)
     scores = sub_key_scores(query, keys)
-
     with torch.no_grad():  # selection only: gradients flow through the gathered scores below
-        half_scores, half_ids = scores.topk(topk, dim=-1, sorted=True)  # [N, H, 2, k]
-        candidates = pair_sums(half_scores[:, :, 0], half_scores[:, :, 1], topk)  # [N, H, P]
-        best_scores, best = candidates.topk(topk, dim=-1, sorted=False)
-        # the winners' ranks in each half, then their sub-key ids: [N, H, 2, k] (rows, then columns)
-        ranks = staircase_ranks(topk, query.device)[:, best].permute(1, 2, 0, 3)
-        ids = half_ids.gather(-1, ranks)
-        slots = ids[:, :, 0] * n + ids[:, :, 1]
+        best_scores, slots = (kernel_selection if kernel else reference_selection)(scores.detach(), topk)
     if needs_grad:  # the same sums, now from the scores themselves
-        best_scores = GatherScores.apply(scores, ids).sum(2)
+        best_scores = PairScores.apply(scores, slots)
     return best_scores, slots
 
 
-class GatherScores(torch.autograd.Function):
-    """scores.gather(-1, ids) whose backward keeps only the ids: torch's own gather keeps the whole
-    score grid [N, H, 2, n] for its backward (as much again as the ids, benchmarks/memory_cost.py)."""
+def reference_selection(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k of the staircase pairs from sub-key scores [N, H, 2, n]: scores and slots [N, H, k]."""
+    n = scores.shape[-1]
+    half_scores, half_ids = scores.topk(topk, dim=-1, sorted=True)  # [N, H, 2, k]
+    candidates = pair_sums(half_scores[:, :, 0], half_scores[:, :, 1], topk)  # [N, H, P]
+    best_scores, best = candidates.topk(topk, dim=-1, sorted=False)
+    # the winners' ranks in each half, then their sub-key ids: [N, H, 2, k] (rows, then columns)
+    ranks = staircase_ranks(topk, scores.device)[:, best].permute(1, 2, 0, 3)
+    ids = half_ids.gather(-1, ranks)
+    return best_scores, ids[:, :, 0] * n + ids[:, :, 1]
+
+
+class PairScores(torch.autograd.Function):
+    """s_row[i] + s_col[j] of slots i*n + j, from the score grid [N, H, 2, n]. Its backward keeps only
+    the slots, which the pooling keeps anyway: torch's gather would keep the whole grid and the
+    sub-key ids as well (benchmarks/memory_cost.py)."""
 
     @staticmethod
-    def forward(ctx, scores, ids):
-        ctx.save_for_backward(ids)
+    def forward(ctx, scores, slots):
+        ctx.save_for_backward(slots)
         ctx.grid_shape = scores.shape
-        return scores.gather(-1, ids)
+        rows, columns = sub_key_ids(slots, scores.shape[-1])
+        return scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)
 
     @staticmethod
     def backward(ctx, grad):
-        (ids,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.grid_shape).scatter_add_(-1, ids, grad), None
+        (slots,) = ctx.saved_tensors
+        rows, columns = sub_key_ids(slots, ctx.grid_shape[-1])
+        grid = grad.new_zeros(ctx.grid_shape)
+        grid[:, :, 0].scatter_add_(-1, rows, grad)
+        grid[:, :, 1].scatter_add_(-1, columns, grad)
+        return grid, None
+
+
+def sub_key_ids(slots: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slot i*n + j -> its row and column sub-keys (i, j)."""
+    return torch.div(slots, n, rounding_mode="floor"), torch.remainder(slots, n)
 
 
 def decode_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:

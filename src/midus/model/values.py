@@ -4,22 +4,16 @@ Every variant reads a table ("bank") at the retrieved slots with the retrieval w
 either owned by the module or, with `share_bank`, owned once by the model and passed to `forward`.
 """
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from packaging.version import Version
 from torch import nn
 
+from .cpu_kernels import pool as kernel_pool, pool_backward as kernel_pool_backward, supports as kernels_support
+
 # weighted embedding_bag has forward and backward kernels for these; elsewhere (e.g. mps) we gather
 EMBEDDING_BAG_DEVICES = ("cpu", "cuda")
 EMBEDDING_BAG_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# the CPU's sparse CSR product (SparseBackwardPool) has kernels for these
-SPARSE_BACKWARD_DTYPES = (torch.float32, torch.float64)
-# the weights' gradient through a dense [bags, n_slots] product where a bag reads >= 1/16 of the table
-DENSE_WEIGHT_GRAD = 16
-
-
 # embedding_bag's CUDA backward in bfloat16: the bank's gradient since torch 2.6 (pytorch#141998), the
 # weights' since 2.13 (pytorch#185808; before, a NotImplementedError in the backward)
 CUDA_BF16_BACKWARD = Version(torch.__version__).release >= (2, 13)
@@ -43,10 +37,9 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torc
     backward = torch.is_grad_enabled() and (bank.requires_grad or weights.requires_grad)
     if float32_backward(bank.device.type, bank.dtype, backward):
         return F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
-    # an eager speed-up: a compiled graph (torch.compile) differentiates embedding_bag itself
-    if (backward and bank.device.type == "cpu" and bank.dtype in SPARSE_BACKWARD_DTYPES
-            and not torch.compiler.is_compiling()):
-        return SparseBackwardPool.apply(bank, slots, weights)
+    # eager on the CPU: the kernels (a compiled graph, torch.compile, takes embedding_bag itself)
+    if kernels_support(bank) and not torch.compiler.is_compiling():
+        return KernelPool.apply(bank, slots, weights) if backward else kernel_pool(bank, slots, weights)
     return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
 
 
@@ -55,42 +48,21 @@ def gather_pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) 
     return (bank[slots] * weights.to(bank.dtype).unsqueeze(-1)).sum(-2)
 
 
-class SparseBackwardPool(torch.autograd.Function):
-    """embedding_bag forward with a faster CPU backward (benchmarks/memory_cost.py):
-    - the bank's gradient as one sparse [n_slots, M] @ [M, dim] product (CSR, rows = slots), where
-      embedding_bag's own dense backward reduces segment by segment;
-    - the weights' gradient <bank[slot], grad of its bag>: from one dense [M, n_slots] product where
-      bags read a large part of the table (the wide `shared` table), else embedding_bag's own
-      per-slot dots (a recomputed forward with the bank detached: a few percent for narrow banks)."""
+class KernelPool(torch.autograd.Function):
+    """The pooling through the CPU kernels (cpu_kernels.pool, pool_backward): the bank's gradient rows
+    scattered by slot, the weights' as one dot per retrieved row. embedding_bag's own CPU backward
+    reduces slot by slot after a sort (several times slower, benchmarks/memory_cost.py)."""
 
     @staticmethod
     def forward(ctx, bank, slots, weights):
         ctx.save_for_backward(bank, slots, weights)
-        return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
+        return kernel_pool(bank, slots, weights)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         bank, slots, weights = ctx.saved_tensors
-        (n_slots, _), (bags, bag_size) = bank.shape, slots.shape
-        grad_bank = grad_weights = None
-        if ctx.needs_input_grad[0]:
-            flat = slots.flatten()
-            order = flat.argsort()
-            rows = F.pad(torch.bincount(flat, minlength=n_slots).cumsum(0), (1, 0))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-                transposed = torch.sparse_csr_tensor(rows, order // bag_size, weights.flatten()[order],
-                                                     (n_slots, bags), check_invariants=False)
-                grad_bank = transposed @ grad
-        if ctx.needs_input_grad[2]:
-            if n_slots <= DENSE_WEIGHT_GRAD * bag_size:
-                grad_weights = (grad @ bank.T).gather(1, slots)
-            else:
-                with torch.enable_grad():
-                    leaf = weights.detach().requires_grad_()
-                    out = F.embedding_bag(slots, bank.detach(), per_sample_weights=leaf, mode="sum")
-                    (grad_weights,) = torch.autograd.grad(out, leaf, grad)
+        grad_bank, grad_weights = kernel_pool_backward(bank, slots, weights, grad, *ctx.needs_input_grad[::2])
         return grad_bank, None, grad_weights
 
 

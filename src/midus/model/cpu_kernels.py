@@ -1,0 +1,477 @@
+"""CPU kernels for the memory layer's hot spots, where PyTorch's ops cost far more than their FLOPs
+(benchmarks/memory_cost.py):
+
+- `select`: the exact product-key top-k of every (token, head) in one pass. PyTorch needs a `topk`
+  per half (about 1 us a row of 64 on one core), the staircase's adds, a second `topk` and gathers;
+  this kernel does one query's both halves and the pairs in about 1 us;
+- `pool` and `pool_backward`: the weighted pooling `sum_t w_t bank[slot_t]` and its gradients, the
+  bank's (rows scattered by slot) and the weights' (one dot per retrieved row).
+
+The C++ source below is compiled on first use by the system's C++ compiler (`$CXX`, else c++, g++,
+clang++) into midus's cache (`$MIDUS_CACHE/kernels`, else ~/.cache/midus/kernels), keyed by the
+source, the compiler and the CPU, and loaded with ctypes: no PyTorch headers, seconds to build.
+Where no compiler works, or with MIDUS_CPU_KERNELS=0, the memory layer runs its PyTorch reference
+path (retrieval.py, values.py), which the tests hold these kernels equal to. Under torch.compile the
+selection is a custom op (`torch.ops.midus.product_key_select_<hash>`), opaque to the compiler; the
+pooling is embedding_bag there.
+
+This file ships with every MIDUS checkpoint, as the rest of this folder.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from transformers.utils import logging
+
+SOURCE = r"""
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+template <typename T> struct KeyOf;
+template <> struct KeyOf<float> { using type = int32_t; };
+template <> struct KeyOf<double> { using type = int64_t; };
+
+// a < b  <=>  order_key(a) < order_key(b) for non-NaN values (-0 sorts just below +0)
+template <typename T>
+inline typename KeyOf<T>::type order_key(T value) {
+    using K = typename KeyOf<T>::type;
+    K bits;
+    std::memcpy(&bits, &value, sizeof(T));
+    return bits >= 0 ? bits : bits ^ std::numeric_limits<K>::max();
+}
+
+// t such that the k largest keys are those > t, then (ties) those == t. Bisection on the key values
+// that stops where a threshold cuts exactly k keys off: a few halvings for continuous scores.
+template <typename K>
+K top_threshold(const K* __restrict keys, int count, int k) {
+    using U = typename std::make_unsigned<K>::type;
+    constexpr U sign = U(1) << (8 * sizeof(K) - 1);
+    K low = keys[0], high = keys[0];
+    for (int p = 1; p < count; ++p) {
+        low = keys[p] < low ? keys[p] : low;
+        high = keys[p] > high ? keys[p] : high;
+    }
+    U lo = U(low) ^ sign, hi = U(high) ^ sign;  // unsigned, same order; the k-th largest is in [lo, hi]
+    while (lo < hi) {
+        U gap = hi - lo, mid = lo + (gap >> 1) + (gap & 1);  // upper middle: lo < mid <= hi
+        K threshold = K(mid ^ sign);
+        int above = 0;
+        for (int p = 0; p < count; ++p) above += keys[p] >= threshold;
+        if (above == k) return K((mid - 1) ^ sign);
+        if (above > k) lo = mid; else hi = mid - 1;
+    }
+    return K(lo ^ sign);
+}
+
+// positions of the k largest keys (out needs k + 1 entries): those above the threshold, then ties
+template <typename K>
+void top_positions(const K* __restrict keys, int count, int k, int32_t* __restrict out) {
+    if (k == count) {
+        for (int p = 0; p < count; ++p) out[p] = p;
+        return;
+    }
+    K t = top_threshold(keys, count, k);
+    int taken = 0;
+    for (int p = 0; p < count; ++p) {
+        out[taken] = p;
+        taken += keys[p] > t;
+    }
+    for (int p = 0; taken < k; ++p)
+        if (keys[p] == t) out[taken++] = p;
+}
+
+// rank of each of k keys (descending); equal keys by position, recounted only when ranks collide
+// (seen: (k + 63) / 64 words)
+template <typename K>
+void ranks_of(const K* __restrict keys, const int32_t* __restrict positions, int k, int32_t* __restrict rank,
+              uint64_t* __restrict seen) {
+    for (int i = 0; i < k; ++i) rank[i] = 0;
+    for (int j = 0; j < k; ++j) {
+        K key = keys[j];
+        for (int i = 0; i < k; ++i) rank[i] += key > keys[i];
+    }
+    for (int w = 0; w < (k + 63) / 64; ++w) seen[w] = 0;
+    bool tie = false;  // the ranks are a permutation of [0, k) unless two keys are equal
+    for (int i = 0; i < k; ++i) {
+        uint64_t bit = uint64_t(1) << (rank[i] & 63);
+        tie |= (seen[rank[i] >> 6] & bit) != 0;
+        seen[rank[i] >> 6] |= bit;
+    }
+    if (tie)
+        for (int j = 0; j < k; ++j)
+            for (int i = 0; i < k; ++i) rank[i] += (keys[j] == keys[i]) & (positions[j] < positions[i]);
+}
+
+// scratch of one thread: every array sized for n sub-keys, top-k k and the staircase's pairs
+template <typename T>
+struct Scratch {
+    using K = typename KeyOf<T>::type;
+    std::vector<K> keys, top_keys, pair_keys;
+    std::vector<int32_t> top, rank, row_ids, col_ids, winners;
+    std::vector<T> row_values, col_values, sums;
+    std::vector<uint64_t> seen;
+    Scratch(int n, int k, int pairs)
+        : keys(n), top_keys(k), pair_keys(pairs), top(k + 1), rank(k), row_ids(k), col_ids(k),
+          winners(k + 1), row_values(k), col_values(k), sums(pairs), seen((k + 63) / 64) {}
+};
+
+// the k largest of values[0, n) in descending order (equal values: lower index first)
+template <typename T>
+void sorted_top(const T* __restrict values, int n, int k, Scratch<T>& s, int32_t* __restrict ids,
+                T* __restrict sorted) {
+    auto* __restrict keys = s.keys.data();
+    auto* __restrict top_keys = s.top_keys.data();
+    int32_t* __restrict top = s.top.data();
+    int32_t* __restrict rank = s.rank.data();
+    for (int i = 0; i < n; ++i) keys[i] = order_key(values[i]);
+    top_positions(keys, n, k, top);
+    for (int i = 0; i < k; ++i) top_keys[i] = keys[top[i]];
+    ranks_of(top_keys, top, k, rank, s.seen.data());
+    for (int i = 0; i < k; ++i) {
+        ids[rank[i]] = top[i];
+        sorted[rank[i]] = values[top[i]];
+    }
+}
+
+// one query: the two halves' sorted top-k, then the top-k of the staircase pairs (a+1)(b+1) <= k
+template <typename T>
+void select_one(const T* __restrict rows, const T* __restrict cols, int n, int k, Scratch<T>& s,
+                T* __restrict best, int64_t* __restrict slots) {
+    int32_t* __restrict row_ids = s.row_ids.data();
+    int32_t* __restrict col_ids = s.col_ids.data();
+    T* __restrict row_values = s.row_values.data();
+    T* __restrict col_values = s.col_values.data();
+    T* __restrict sums = s.sums.data();
+    auto* __restrict pair_keys = s.pair_keys.data();
+    int32_t* __restrict winners = s.winners.data();
+    sorted_top(rows, n, k, s, row_ids, row_values);
+    sorted_top(cols, n, k, s, col_ids, col_values);
+    int pairs = 0;
+    for (int a = 0; a < k; ++a) {
+        int width = k / (a + 1);
+        T row = row_values[a];
+        for (int b = 0; b < width; ++b) sums[pairs + b] = row + col_values[b];
+        pairs += width;
+    }
+    for (int p = 0; p < pairs; ++p) pair_keys[p] = order_key(sums[p]);
+    top_positions(pair_keys, pairs, k, winners);
+    int a = 0, start = 0, width = k;  // the staircase row holding pair p: [start, start + width)
+    for (int t = 0; t < k; ++t) {
+        int p = winners[t];
+        if (p < start) a = 0, start = 0, width = k;  // ties come after, from the start again
+        while (p >= start + width) start += width, ++a, width = k / (a + 1);
+        best[t] = sums[p];
+        slots[t] = int64_t(row_ids[a]) * n + col_ids[p - start];
+    }
+}
+
+// runs body(begin, end) over [0, count) in up to `threads` chunks of at least `grain`
+template <typename F>
+void parallel(int64_t count, int threads, int64_t grain, F body) {
+    int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, count / grain));
+    if (workers == 1) return body(int64_t(0), count);
+    int64_t chunk = (count + workers - 1) / workers;
+    std::vector<std::thread> pool;
+    for (int64_t w = 1; w < workers; ++w) pool.emplace_back(body, w * chunk, std::min(count, (w + 1) * chunk));
+    body(int64_t(0), std::min(count, chunk));
+    for (auto& thread : pool) thread.join();
+}
+
+int pair_count(int k) {
+    int pairs = 0;
+    for (int a = 0; a < k; ++a) pairs += k / (a + 1);
+    return pairs;
+}
+
+// scores [tokens, heads, 2, n] (strides in elements, the last one 1) -> best [tokens, heads, k] and
+// slots [tokens, heads, k] (row * n + col)
+template <typename T>
+int select(const T* scores, int64_t tokens, int64_t heads, int64_t token_stride, int64_t head_stride,
+           int64_t half_stride, int n, int k, T* best, int64_t* slots, int threads) {
+    if (k < 1 || k > n) return 1;
+    int pairs = pair_count(k);
+    parallel(tokens * heads, threads, 256, [=](int64_t begin, int64_t end) {
+        Scratch<T> s(n, k, pairs);
+        for (int64_t i = begin; i < end; ++i) {  // head-major: a head's scores lie together
+            int64_t head = i / tokens, token = i % tokens, m = token * heads + head;
+            const T* rows = scores + token * token_stride + head * head_stride;
+            select_one(rows, rows + half_stride, n, k, s, best + m * k, slots + m * k);
+        }
+    });
+    return 0;
+}
+
+// <x, y> in 16 running sums (one sum would be a chain of dependent adds: no vectors)
+template <typename T>
+T dot(const T* x, const T* y, int64_t size) {
+    T sums[16] = {};
+    int64_t d = 0;
+    for (; d + 16 <= size; d += 16)
+        for (int j = 0; j < 16; ++j) sums[j] += x[d + j] * y[d + j];
+    for (; d < size; ++d) sums[0] += x[d] * y[d];
+    T total = 0;
+    for (int j = 0; j < 16; ++j) total += sums[j];
+    return total;
+}
+
+// out[b] = sum_t weights[b, t] * bank[slots[b, t]]: [bags, dim] (by bags)
+template <typename T>
+int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
+                 int64_t bags, int64_t bag_size, T* out, int threads) {
+    for (int64_t i = 0; i < bags * bag_size; ++i)
+        if (slots[i] < 0 || slots[i] >= n_slots) return 1;
+    parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+            T* __restrict sum = out + b * dim;
+            for (int64_t d = 0; d < dim; ++d) sum[d] = 0;
+            for (int64_t t = 0; t < bag_size; ++t) {
+                const T* __restrict row = bank + slots[b * bag_size + t] * dim;
+                T w = weights[b * bag_size + t];
+                for (int64_t d = 0; d < dim; ++d) sum[d] += w * row[d];
+            }
+        }
+    });
+    return 0;
+}
+
+// gradients of out[b] = sum_t weights[b, t] * bank[slots[b, t]] given grad = d loss / d out [bags, dim]:
+// grad_weights[b, t] = <bank[slots[b, t]], grad[b]> (by bags), grad_bank[slot] += weights[b, t] * grad[b]
+// (by column blocks of the bank, so that no two threads write one row). grad_bank comes zeroed.
+template <typename T>
+int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
+                  int64_t bags, int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, int threads) {
+    for (int64_t i = 0; i < bags * bag_size; ++i)
+        if (slots[i] < 0 || slots[i] >= n_slots) return 1;
+    if (grad_weights)
+        parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b)
+                for (int64_t t = 0; t < bag_size; ++t) {
+                    grad_weights[b * bag_size + t] = dot(bank + slots[b * bag_size + t] * dim, grad + b * dim, dim);
+                }
+        });
+    if (grad_bank) {
+        int64_t blocks = (dim + 15) / 16;
+        parallel(blocks, threads, 1, [=](int64_t begin, int64_t end) {
+            int64_t first = begin * 16, last = std::min(dim, end * 16);
+            for (int64_t b = 0; b < bags; ++b)
+                for (int64_t t = 0; t < bag_size; ++t) {
+                    T* row = grad_bank + slots[b * bag_size + t] * dim;
+                    const T* g = grad + b * dim;
+                    T w = weights[b * bag_size + t];
+                    for (int64_t d = first; d < last; ++d) row[d] += w * g[d];
+                }
+        });
+    }
+    return 0;
+}
+
+}  // namespace
+
+extern "C" {
+int midus_select_f32(const float* scores, int64_t tokens, int64_t heads, int64_t token_stride, int64_t head_stride,
+                     int64_t half_stride, int n, int k, float* best, int64_t* slots, int threads) {
+    return select(scores, tokens, heads, token_stride, head_stride, half_stride, n, k, best, slots, threads);
+}
+int midus_select_f64(const double* scores, int64_t tokens, int64_t heads, int64_t token_stride, int64_t head_stride,
+                     int64_t half_stride, int n, int k, double* best, int64_t* slots, int threads) {
+    return select(scores, tokens, heads, token_stride, head_stride, half_stride, n, k, best, slots, threads);
+}
+int midus_pool_forward_f32(const float* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
+                           const float* weights, int64_t bags, int64_t bag_size, float* out, int threads) {
+    return pool_forward(bank, n_slots, dim, slots, weights, bags, bag_size, out, threads);
+}
+int midus_pool_backward_f32(const float* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
+                            const float* weights, int64_t bags, int64_t bag_size, const float* grad,
+                            float* grad_bank, float* grad_weights, int threads) {
+    return pool_backward(bank, n_slots, dim, slots, weights, bags, bag_size, grad, grad_bank, grad_weights, threads);
+}
+int midus_pool_forward_f64(const double* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
+                           const double* weights, int64_t bags, int64_t bag_size, double* out, int threads) {
+    return pool_forward(bank, n_slots, dim, slots, weights, bags, bag_size, out, threads);
+}
+int midus_pool_backward_f64(const double* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
+                            const double* weights, int64_t bags, int64_t bag_size, const double* grad,
+                            double* grad_bank, double* grad_weights, int threads) {
+    return pool_backward(bank, n_slots, dim, slots, weights, bags, bag_size, grad, grad_bank, grad_weights, threads);
+}
+}
+"""
+
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+NATIVE = ["-march=native"]  # built where it runs: the cache key names the CPU; dropped if refused
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+logger = logging.get_logger("transformers.midus")
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def enabled() -> bool:
+    return os.environ.get("MIDUS_CPU_KERNELS", "1") != "0"
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None where they are off or cannot be built."""
+    if not enabled():
+        return None
+    if "library" not in _loaded:
+        with _lock:
+            if "library" not in _loaded:
+                try:
+                    _loaded["library"] = load(build())
+                except Exception as error:  # no compiler, a refused flag, an unwritable cache: the torch path
+                    logger.warning(f"MIDUS CPU kernels unavailable ({error}); the memory layer runs its PyTorch "
+                                   f"path on the CPU (slower, same results). MIDUS_CPU_KERNELS=0 skips them.")
+                    _loaded["library"] = None
+    return _loaded["library"]
+
+
+def compiler() -> str:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise RuntimeError("no C++ compiler found (set CXX)")
+
+
+def cache_folder() -> Path:
+    """midus's cache ($MIDUS_CACHE, else ~/.cache/midus), folder kernels."""
+    return Path(os.environ.get("MIDUS_CACHE") or Path.home() / ".cache" / "midus") / "kernels"
+
+
+def cpu_signature() -> str:
+    """The CPU's model and features (Linux), so that a -march=native build is never run elsewhere."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return "\n".join(next((line for line in lines if line.startswith(key)), "") for key in ("model name", "flags"))
+
+
+def build() -> Path:
+    """Compile SOURCE once per (source, compiler, CPU) into the cache folder; returns the library."""
+    cxx = compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE, cxx, version, platform.machine(), cpu_signature(), *FLAGS]).encode())
+    target = cache_folder() / f"midus_cpu_{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        source = Path(scratch) / "midus_cpu.cpp"
+        source.write_text(SOURCE)
+        built = Path(scratch) / target.name
+        for extra in (NATIVE, []):
+            result = subprocess.run([cxx, *FLAGS, *extra, str(source), "-o", str(built)], capture_output=True,
+                                    text=True, timeout=300)
+            if result.returncode == 0:
+                os.replace(built, target)  # atomic: a concurrent build writes the same bytes
+                return target
+        raise RuntimeError(f"{cxx} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}")
+
+
+def load(path: Path) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(path))
+    pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for suffix in DTYPES.values():
+        select = getattr(library, f"midus_select_{suffix}")
+        select.argtypes = [pointer, i64, i64, i64, i64, i64, i32, i32, pointer, pointer, i32]
+        select.restype = i32
+        forward = getattr(library, f"midus_pool_forward_{suffix}")
+        forward.argtypes = [pointer, i64, i64, pointer, pointer, i64, i64, pointer, i32]
+        forward.restype = i32
+        backward = getattr(library, f"midus_pool_backward_{suffix}")
+        backward.argtypes = [pointer, i64, i64, pointer, pointer, i64, i64, pointer, pointer, pointer, i32]
+        backward.restype = i32
+    return library
+
+
+@torch.compiler.assume_constant_result  # torch.compile: resolved (and built) once, at tracing
+def built() -> bool:
+    return library() is not None
+
+
+def supports(tensor: torch.Tensor) -> bool:
+    """Whether the kernels take this tensor: on the CPU, float32 or float64, and built."""
+    return tensor.device.type == "cpu" and tensor.dtype in DTYPES and built()
+
+
+def _select(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens, heads, halves, n = scores.shape
+    if halves != 2 or scores.stride(-1) != 1:
+        scores = scores.contiguous()
+    best = scores.new_empty(tokens, heads, topk)
+    slots = torch.empty(tokens, heads, topk, dtype=torch.long)
+    status = getattr(library(), f"midus_select_{DTYPES[scores.dtype]}")(
+        scores.data_ptr(), tokens, heads, scores.stride(0), scores.stride(1), scores.stride(2), n, topk,
+        best.data_ptr(), slots.data_ptr(), torch.get_num_threads())
+    if status:
+        raise ValueError(f"top-k {topk} must be between 1 and the {n} sub-keys of a half")
+    return best, slots
+
+
+def _register_select():
+    """`_select` as a custom op for torch.compile, once per process and version of this file (every
+    checkpoint loads its own copy of this folder)."""
+    name = "product_key_select_" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    if not hasattr(torch.ops.midus, name):
+        op = torch.library.custom_op(f"midus::{name}", _select, mutates_args=())
+
+        @op.register_fake
+        def _(scores, topk):
+            tokens, heads = scores.shape[:2]
+            return scores.new_empty(tokens, heads, topk), scores.new_empty(tokens, heads, topk, dtype=torch.long)
+
+    return getattr(torch.ops.midus, name)
+
+
+_select_op = _register_select()
+
+
+def select(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k over the n*n product keys of every (token, head), from the halves' sub-key scores
+    [N, H, 2, n] (no gradient): scores and slots [N, H, k]."""
+    if torch.compiler.is_compiling():
+        return _select_op(scores, topk)
+    return _select(scores, topk)
+
+
+def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_t weights[b, t] * bank[slots[b, t]]: [bags, dim] (embedding_bag's weighted sum)."""
+    bank, slots, weights = (t.contiguous() for t in (bank, slots, weights))
+    out = bank.new_empty(slots.shape[0], bank.shape[1])
+    status = getattr(library(), f"midus_pool_forward_{DTYPES[bank.dtype]}")(
+        bank.data_ptr(), bank.shape[0], bank.shape[1], slots.data_ptr(), weights.data_ptr(), slots.shape[0],
+        slots.shape[1], out.data_ptr(), torch.get_num_threads())
+    if status:
+        raise IndexError(f"a slot outside the bank's {bank.shape[0]} rows")
+    return out
+
+
+def pool_backward(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor,
+                  bank_grad: bool, weights_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of `sum_t weights[b, t] * bank[slots[b, t]]` for the bank and the weights."""
+    bank, slots, weights, grad = (t.contiguous() for t in (bank, slots, weights, grad))
+    grad_bank = torch.zeros_like(bank) if bank_grad else None
+    grad_weights = torch.empty_like(weights) if weights_grad else None
+    status = getattr(library(), f"midus_pool_backward_{DTYPES[bank.dtype]}")(
+        bank.data_ptr(), bank.shape[0], bank.shape[1], slots.data_ptr(), weights.data_ptr(), slots.shape[0],
+        slots.shape[1], grad.data_ptr(), grad_bank.data_ptr() if bank_grad else None,
+        grad_weights.data_ptr() if weights_grad else None, torch.get_num_threads())
+    if status:
+        raise IndexError(f"a slot outside the bank's {bank.shape[0]} rows")
+    return grad_bank, grad_weights

@@ -1,0 +1,188 @@
+"""The CPU kernels (src/midus/model/cpu_kernels.py) against their PyTorch references: the selection
+against `reference_selection` and the exhaustive top-k, the pooling's backward against autograd
+through the plain gather; their build, cache and fallback."""
+
+import pytest
+import torch
+
+from midus.model import cpu_kernels
+from midus.model.retrieval import product_key_topk, reference_selection, sub_key_scores
+from midus.model.values import gather_pool, pool
+from test_retrieval import exhaustive_topk
+
+
+@pytest.fixture(autouse=True)
+def kernels_built():
+    assert cpu_kernels.library() is not None, "the CPU kernels must build here (a C++ compiler is needed)"
+
+
+def in_order(scores, slots):
+    order = scores.argsort(dim=-1, descending=True)
+    return scores.gather(-1, order), slots.gather(-1, order)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, k, head_dim", [(4, 1, 2), (8, 4, 16), (16, 8, 8), (32, 32, 64), (64, 32, 64),
+                                            (64, 7, 16), (128, 48, 32)])
+def test_selection_equals_the_reference_and_the_exhaustive_topk(dtype, n, k, head_dim):
+    torch.manual_seed(n + k)
+    query = torch.randn(41, 3, head_dim, dtype=dtype)
+    keys = torch.randn(3, 2, n, head_dim // 2, dtype=dtype)
+    scores = sub_key_scores(query, keys)  # a strided view [N, H, 2, n], as the model passes it
+    best, slots = cpu_kernels.select(scores, k)
+    ref_best, ref_slots = reference_selection(scores, k)
+    assert best.dtype == dtype and slots.dtype == torch.long
+    best, slots = in_order(best, slots)
+    assert torch.equal(slots, in_order(ref_best, ref_slots)[1])
+    exhaustive_scores, exhaustive_slots = exhaustive_topk(query, keys, k)
+    assert torch.equal(slots, exhaustive_slots)
+    torch.testing.assert_close(best, exhaustive_scores, rtol=0, atol=0)  # the same sums, bit for bit
+
+
+def test_selection_with_ties_returns_k_distinct_slots_of_the_top_scores():
+    """A zero query scores every slot 0; repeated sub-key scores tie at the k-th place."""
+    for scores in (torch.zeros(5, 2, 2, 16), torch.randint(0, 3, (5, 2, 2, 16)).float()):
+        best, slots = cpu_kernels.select(scores, 8)
+        exhaustive = (scores[:, :, 0, :, None] + scores[:, :, 1, None, :]).flatten(-2)
+        kth = exhaustive.topk(8, dim=-1).values[..., -1:]
+        assert all(len(set(row.tolist())) == 8 for row in slots.flatten(0, 1))
+        assert torch.equal(best, exhaustive.gather(-1, slots)) and bool((best >= kth).all())
+        assert torch.equal(best.sort(-1).values, exhaustive.topk(8, dim=-1).values.sort(-1).values)
+
+
+def test_selection_split_over_threads_equals_one_thread():
+    torch.manual_seed(3)
+    scores = sub_key_scores(torch.randn(300, 4, 32), torch.randn(4, 2, 32, 16))  # 1200 rows: several chunks
+    one = cpu_kernels.select(scores, 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        three = cpu_kernels.select(scores, 16)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, three))
+
+
+def test_selection_refuses_a_topk_above_the_sub_keys():
+    with pytest.raises(ValueError, match="top-k 9 must be between 1 and the 8 sub-keys"):
+        cpu_kernels.select(torch.randn(2, 1, 2, 8), 9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_slots, dim", [(50, 8), (4096, 64), (300, 37)])
+def test_pool_backward_equals_autograd_through_the_gather(dtype, n_slots, dim):
+    torch.manual_seed(dim)
+    bags, bag_size = 130, 6
+    bank = torch.randn(n_slots, dim, dtype=dtype)
+    slots = torch.randint(0, n_slots, (bags, bag_size))
+    slots[:4] = 3  # one slot many times, also within a bag
+    weights = torch.rand(bags, bag_size, dtype=dtype)
+    grad = torch.randn(bags, dim, dtype=dtype)
+    grad_bank, grad_weights = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+    leaves = bank.clone().requires_grad_(), weights.clone().requires_grad_()
+    expected = torch.autograd.grad(gather_pool(leaves[0], slots, leaves[1]), leaves, grad)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(grad_bank, expected[0], **tolerance)
+    torch.testing.assert_close(grad_weights, expected[1], **tolerance)
+    only_bank = cpu_kernels.pool_backward(bank, slots, weights, grad, True, False)
+    only_weights = cpu_kernels.pool_backward(bank, slots, weights, grad, False, True)
+    assert only_bank[1] is None and torch.equal(only_bank[0], grad_bank)
+    assert only_weights[0] is None and torch.equal(only_weights[1], grad_weights)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pool_equals_the_gather_and_embedding_bag(dtype):
+    torch.manual_seed(1)
+    bank, slots, weights = torch.randn(300, 37, dtype=dtype), torch.randint(0, 300, (150, 6)), torch.rand(150, 6, dtype=dtype)
+    slots[:3] = 7
+    out = cpu_kernels.pool(bank, slots, weights)
+    torch.testing.assert_close(out, gather_pool(bank, slots, weights))
+    torch.testing.assert_close(out, torch.nn.functional.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum"))
+    with pytest.raises(IndexError, match="outside the bank's 300 rows"):
+        cpu_kernels.pool(bank, torch.tensor([[0, -1]]), weights[:1, :2])
+
+
+def test_pool_backward_over_threads_equals_one_thread():
+    torch.manual_seed(5)
+    bank, grad = torch.randn(4096, 64), torch.randn(2000, 64)
+    slots, weights = torch.randint(0, 4096, (2000, 32)), torch.rand(2000, 32)
+    one = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        three = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, three))  # columns split, bags split: same sums
+
+
+def test_pool_backward_refuses_a_slot_outside_the_bank():
+    with pytest.raises(IndexError, match="outside the bank's 10 rows"):
+        cpu_kernels.pool_backward(torch.randn(10, 4), torch.tensor([[1, 10]]), torch.rand(1, 2), torch.randn(1, 4),
+                                  True, True)
+
+
+def test_pool_takes_the_kernel_backward_on_the_cpu_and_matches_the_reference(monkeypatch):
+    import midus.model.values as values_module
+
+    calls = []
+    monkeypatch.setattr(values_module, "kernel_pool_backward", lambda *args: calls.append(1) or cpu_kernels.pool_backward(*args))
+    bank = torch.randn(64, 8, dtype=torch.float64, requires_grad=True)
+    slots, weights = torch.randint(0, 64, (9, 4)), torch.rand(9, 4, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad(pool(bank, slots, weights).square().sum(), (bank, weights))
+    expected = torch.autograd.grad(gather_pool(bank, slots, weights).square().sum(), (bank, weights))
+    assert calls == [1]
+    for mine, reference in zip(grads, expected):
+        torch.testing.assert_close(mine, reference)
+
+
+def test_switched_off_the_memory_layer_runs_the_pytorch_path(monkeypatch):
+    monkeypatch.setenv("MIDUS_CPU_KERNELS", "0")
+    import midus.model.retrieval as retrieval_module
+
+    monkeypatch.setattr(retrieval_module, "kernel_selection", lambda *args: pytest.fail("the kernel ran"))
+    assert not cpu_kernels.supports(torch.zeros(1))
+    query, keys = torch.randn(20, 2, 16, requires_grad=True), torch.randn(2, 2, 8, 8)
+    scores, slots = product_key_topk(query, keys, 4)
+    assert slots.shape == (20, 2, 4) and scores.requires_grad
+
+
+def test_kernels_take_cpu_float32_and_float64_only():
+    assert cpu_kernels.supports(torch.zeros(1)) and cpu_kernels.supports(torch.zeros(1, dtype=torch.float64))
+    assert not cpu_kernels.supports(torch.zeros(1, dtype=torch.bfloat16))
+    assert not cpu_kernels.supports(torch.zeros(1, device="meta"))
+
+
+def test_a_build_is_cached_by_source_compiler_and_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIDUS_CACHE", str(tmp_path))
+    first = cpu_kernels.build()
+    assert first.parent == tmp_path / "kernels" and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert cpu_kernels.build() == first and first.stat().st_mtime_ns == stamp  # not built again
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temporary left behind
+    monkeypatch.setattr(cpu_kernels, "SOURCE", cpu_kernels.SOURCE + "\n// another version\n")
+    assert cpu_kernels.build() != first
+
+
+def test_without_a_compiler_a_warning_and_the_pytorch_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIDUS_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: "/bin/false" if name == "false" else None)
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    warnings = []
+    monkeypatch.setattr(cpu_kernels.logger, "warning", warnings.append)
+    assert cpu_kernels.library() is None and cpu_kernels.library() is None
+    assert len(warnings) == 1 and warnings[0].startswith("MIDUS CPU kernels unavailable (false failed")
+    assert not cpu_kernels.supports(torch.zeros(1))
+    scores, slots = product_key_topk(torch.randn(30, 2, 16), torch.randn(2, 2, 8, 8), 4)
+    assert slots.shape == (30, 2, 4)
+
+
+def test_the_selection_compiles_as_one_custom_op():
+    torch._dynamo.reset()
+    query, keys = torch.randn(5, 3, 16), torch.randn(3, 2, 8, 8)
+    compiled = torch.compile(lambda q: product_key_topk(q, keys, 4), fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        mine, expected = compiled(query), product_key_topk(query, keys, 4)
+    torch._dynamo.reset()
+    assert all(torch.equal(a, b) for a, b in zip(mine, expected))
