@@ -27,8 +27,10 @@ Writes memory_cost.md and memory_cost.json to --out.
 """
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -38,11 +40,12 @@ from pathlib import Path
 import torch
 import yaml
 from torch import nn
-from transformers import LlamaConfig
+from transformers import DynamicCache, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from midus.bench import BenchSettings, bench
 from midus.model import MidusConfig, MidusMemoryBlock
+from midus.model.compat import CACHE_ARG
 from midus.model.hml import ProductKeys, normalize_query
 from midus.model.retrieval import staircase
 from midus.model.values import pool
@@ -111,31 +114,48 @@ def per_round_ratios(midus, pro, metrics) -> dict:
     return out
 
 
-def added_costs(folder: Path, threads: list[int], rounds: int, settings: dict, compiled: bool) -> list[dict]:
+@contextlib.contextmanager
+def memory_path(path: str):
+    """The memory layer's CPU kernels ("kernels", the default) or its PyTorch reference path ("pytorch")."""
+    before = os.environ.get("MIDUS_CPU_KERNELS")
+    os.environ["MIDUS_CPU_KERNELS"] = "0" if path == "pytorch" else "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("MIDUS_CPU_KERNELS") if before is None else os.environ.update(MIDUS_CPU_KERNELS=before)
+
+
+def added_costs(folder: Path, threads: list[int], rounds: int, settings: dict, compiled: bool,
+                pytorch_path: bool) -> list[dict]:
     rows = []
     for width, spec in WIDTHS.items():
         base, midus, pro = write_models(folder, width)
         for count in threads:
             run = BenchSettings(threads=count, repeats=rounds, **settings)
-            report = bench([base, midus, pro], run, reference=pro)
-            models = {m.name: m for m in report.models}
             flops = {"train_step_s": block_flops(spec["shape"], (run.train_seq_len + 1) / 2),
                      "prefill_s": block_flops(spec["shape"], (run.prefill_len + 1) / 2),
                      "decode_s_per_token": block_flops(spec["shape"], run.prefill_len + run.decode_tokens / 2)}
-            rows.append({"width": width, "shape": spec["shape"], "base_blocks": spec["layers"],
-                         "new_blocks": spec["new_blocks"], "threads": count, "inference": "eager",
-                         "param_ratio": models[midus].params_added / models[pro].params_added,
-                         "flop_ratio": {m: memory / full for m, (full, memory) in flops.items()},
-                         "phases": per_round_ratios(models[midus], models[pro], PHASES),
-                         "bench_markdown": report.to_markdown()})
-            if compiled:  # inference only: the training step of this run (eager, 2 tokens) is not read
-                report = bench([base, midus, pro], run.model_copy(update={"compile": True, "train_seq_len": 2}),
-                               reference=pro)
+            common = {"width": width, "shape": spec["shape"], "base_blocks": spec["layers"],
+                      "new_blocks": spec["new_blocks"], "threads": count,
+                      "flop_ratio": {m: memory / full for m, (full, memory) in flops.items()}}
+            # eager with the kernels; the PyTorch path (the reference) for comparison; compiled: inference
+            # only (its training step, eager on 2 tokens, is not read)
+            variants = [("kernels", "eager", run, PHASES)]
+            if pytorch_path:
+                variants.append(("pytorch", "eager", run, PHASES))
+            if compiled:
+                variants.append(("kernels", "compiled", run.model_copy(update={"compile": True, "train_seq_len": 2}),
+                                 INFERENCE))
+            for path, inference, settings_, metrics in variants:
+                with memory_path(path):
+                    report = bench([base, midus, pro], settings_, reference=pro)
                 models = {m.name: m for m in report.models}
-                rows.append({**rows[-1], "inference": "compiled", "bench_markdown": report.to_markdown(),
-                             "phases": per_round_ratios(models[midus], models[pro], INFERENCE)})
-            for row in rows[-1 - compiled:]:
-                print(f"{width}, {count} thread(s), {row['inference']}: " + ", ".join(
+                row = {**common, "path": path, "inference": inference,
+                       "param_ratio": models[midus].params_added / models[pro].params_added,
+                       "phases": per_round_ratios(models[midus], models[pro], metrics),
+                       "bench_markdown": report.to_markdown()}
+                rows.append(row)
+                print(f"{width}, {count} thread(s), {path}, {inference}: " + ", ".join(
                     f"{PHASES[m]} {p['ratio']:.2f}" for m, p in row["phases"].items()), flush=True)
     return rows
 
@@ -206,23 +226,90 @@ def against_product_key_memory(tokens: int, repeats: int) -> dict:
             mine = ours(layer64.values.weight, keys64)(queries.double())
             torch.testing.assert_close(mine.sum(1) if mine.dim() == 3 else mine, layer64(queries.double())[0])
 
+    def on_path(run, path):
+        def timed_run(x):
+            with memory_path(path):
+                run(x)
+
+        return timed_run
+
+    ours_cases = {"ours": "kernels", "ours, PyTorch path": "pytorch"}
     cases = {}
     for table, layer in theirs.items():
         cases[f"product-key-memory, table {table}"] = (forward_backward(layer, layer), (queries,))
-        cases[f"ours, table {table}"] = (forward_backward(ours(layer.values.weight), keys), (queries,))
+        for name, path in ours_cases.items():
+            cases[f"{name}, table {table}"] = (on_path(forward_backward(ours(layer.values.weight), keys), path),
+                                               (queries,))
     times = interleaved(cases, repeats)
     out = {"tokens": tokens, "seconds": {n: {"median": statistics.median(t), "min": min(t), "max": max(t)}
                                          for n, t in times.items()}}
     for table in theirs:
-        pairs = [a / b for a, b in zip(times[f"product-key-memory, table {table}"], times[f"ours, table {table}"])]
-        q1, _, q3 = statistics.quantiles(pairs, n=4, method="inclusive")
-        out[f"speed-up, table {table}"] = {"ratio": out["seconds"][f"product-key-memory, table {table}"]["median"]
-                                           / out["seconds"][f"ours, table {table}"]["median"],
-                                           "round_q1": q1, "round_q3": q3}
+        for name in ours_cases:
+            theirs_t, ours_t = times[f"product-key-memory, table {table}"], times[f"{name}, table {table}"]
+            q1, _, q3 = statistics.quantiles([a / b for a, b in zip(theirs_t, ours_t)], n=4, method="inclusive")
+            out[f"speed-up, {name}, table {table}"] = {"ratio": statistics.median(theirs_t) / statistics.median(ours_t),
+                                                       "round_q1": q1, "round_q3": q3}
     return out
 
 
-# ------------------------------------------------------------------------------ 3. training memory
+# ------------------------------------------------------------------------------ 3. where a block's time goes
+def block_breakdown(tokens: int, rounds: int) -> list[dict]:
+    """One full block, one memory block and the memory block's attention part alone (input norm, q/k/v,
+    RoPE, attention: what a full block runs as well), at both widths, taking turns in rounds: forward +
+    backward on `tokens` tokens, a forward on them, and one decoded token after them with the KV cache.
+    The attention part over the full block bounds what the memory block's ratio can reach."""
+    rows = []
+    for width, spec in WIDTHS.items():
+        llama = LlamaConfig(**spec["shape"], num_hidden_layers=1, vocab_size=128,
+                            head_dim=spec["shape"]["hidden_size"] // spec["shape"]["num_attention_heads"])
+        midus = MidusConfig(**{k: v for k, v in llama.to_dict().items() if k not in ("model_type", "transformers_version")},
+                            memory={"n_keys": N_KEYS, "topk": TOPK, "latent_dim": LATENT})
+        midus._attn_implementation = llama._attn_implementation = "sdpa"
+        torch.manual_seed(0)
+        full, memory = LlamaDecoderLayer(llama, 0), MidusMemoryBlock(midus, 0)
+
+        def attention_part(x, **kwargs):
+            return memory.self_attn(memory.input_layernorm(x), **kwargs)
+
+        rope = LlamaRotaryEmbedding(llama)
+        x = torch.randn(1, tokens, llama.hidden_size, requires_grad=True)
+        token = torch.randn(1, 1, llama.hidden_size)
+        context = {"position_embeddings": rope(x, torch.arange(tokens)[None]), "attention_mask": None}
+        next_position = {"position_embeddings": rope(token, torch.tensor([[tokens]])), "attention_mask": None}
+
+        def cases_of(name, run):
+            cache = DynamicCache()
+            with torch.no_grad():
+                run(x, **context, **{CACHE_ARG if name != "attention part" else "cache": cache})
+
+            def train(_):
+                out = run(x, **context)
+                (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+
+            def prefill(_):
+                with torch.no_grad():
+                    run(x, **context)
+
+            def decode(_):
+                with torch.no_grad():
+                    run(token, **next_position, **{CACHE_ARG if name != "attention part" else "cache": cache})
+                cache.crop(-1)
+
+            return {(name, "train"): (train, (None,)), (name, "prefill"): (prefill, (None,)),
+                    (name, "decode"): (decode, (None,))}
+
+        cases = {**cases_of("full block", full), **cases_of("memory block", memory),
+                 **cases_of("attention part", attention_part)}
+        times = interleaved(cases, rounds)
+        for phase in ("train", "prefill", "decode"):
+            ms = {name: 1e3 * statistics.median(times[(name, phase)]) for name in ("full block", "memory block", "attention part")}
+            rows.append({"width": width, "phase": phase, "tokens": tokens, **{f"{n}_ms": v for n, v in ms.items()},
+                         "memory_ratio": ms["memory block"] / ms["full block"],
+                         "attention_ratio": ms["attention part"] / ms["full block"]})
+    return rows
+
+
+# ------------------------------------------------------------------------------ 4. training memory
 def saved_bytes(block: nn.Module, call) -> int:
     """Bytes autograd keeps for the backward of one forward, each storage counted once."""
     storages = {}
@@ -264,7 +351,7 @@ def training_memory(tokens: int) -> dict:
 # ------------------------------------------------------------------------------ report
 def goal_text(row: dict, metric: str) -> str:
     goal = GOALS.get((row["width"], metric))
-    if goal is None:
+    if goal is None or row["path"] == "pytorch":
         return "—"
     text, bound = goal
     limit = {"params": row["param_ratio"], "flops": 1.15 * row["flop_ratio"][metric]}.get(bound, bound)
@@ -278,7 +365,8 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for row in results["added_cost"]:
         for metric, p in row["phases"].items():
-            phase = PHASES[metric] + (", compiled" if row["inference"] == "compiled" else "")
+            phase = (PHASES[metric] + (", PyTorch path" if row["path"] == "pytorch" else "")
+                     + (", compiled" if row["inference"] == "compiled" else ""))
             lines.append(f"| {row['width']} (+{row['new_blocks']} on {row['base_blocks']}) | {phase} | {row['threads']} | "
                          f"**{p['ratio']:.2f}** [{p['round_q1']:.2f}–{p['round_q3']:.2f}] | "
                          f"{p['midus_ms']:.3f} [{p['midus_iqr_ms'][0]:.3f}–{p['midus_iqr_ms'][1]:.3f}] | "
@@ -292,6 +380,14 @@ def markdown(results: dict) -> str:
         if key.startswith("speed-up"):
             lines.append(f"\n**{key} (product-key-memory ÷ ours): {value['ratio']:.2f}×** "
                          f"[run-by-run IQR {value['round_q1']:.2f}–{value['round_q3']:.2f}] (goal ≥ 2×)")
+    lines += ["", f"Where a block's time goes, block by block (no model around it, no AdamW; 1 × "
+                  f"{results['breakdown'][0]['tokens']} tokens, decode: one token after them; "
+                  f"{torch.get_num_threads()} thread(s), median of {results['rounds']} rounds):", "",
+              "| width | phase | full block ms | memory block ms | its attention part ms | memory ÷ full | "
+              "attention part ÷ full |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['width']} | {r['phase']} | {r['full block_ms']:.3f} | {r['memory block_ms']:.3f} | "
+              f"{r['attention part_ms']:.3f} | {r['memory_ratio']:.2f} | {r['attention_ratio']:.2f} |"
+              for r in results["breakdown"]]
     memory = results["training_memory"]
     lines += ["", f"Training memory of one block at 1B width, 1 × {memory['tokens']} tokens (MiB):", "",
               "| block | weights + grads + AdamW | saved for backward | of which attention |", "|---|---|---|---|"]
@@ -299,8 +395,15 @@ def markdown(results: dict) -> str:
         m = memory[name]
         lines.append(f"| {name} | {m['weights_grads_adamw_mib']:.1f} | {m['saved_activations_mib']:.1f} | "
                      f"{m['of_which_attention_mib']:.1f} |")
+    full, block = memory["full Llama block"], memory["memory block"]
+    peak = block["weights_grads_adamw_mib"] + block["saved_activations_mib"]
+    bound = block["weights_grads_adamw_mib"] + block["of_which_attention_mib"]
     lines += ["", f"Memory block ÷ full block: parameters (and their training state) {memory['parameter_share']:.3f}, "
-                  f"saved activations {memory['activation_share']:.3f}."]
+                  f"saved activations {memory['activation_share']:.3f}. Peak of the memory block (its weights, "
+                  f"gradients and AdamW state + what it saves for the backward): {peak:.1f} MiB, against "
+                  f"{full['weights_grads_adamw_mib'] + full['saved_activations_mib']:.1f} for a full block; the goal "
+                  f"(its parameter share + the activations a full block also keeps, the attention's): ≤ {bound:.1f} MiB: "
+                  f"{'met' if peak <= bound else f'not met by {peak - bound:.1f} MiB'}."]
     env = results["environment"]
     lines += ["", f"Environment: {env['device']}, torch {env['torch']}, float32, batch 1; "
                   f"{results['settings']}; {results['rounds']} rounds."]
@@ -313,16 +416,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="bench rounds (every model once per round)")
     parser.add_argument("--tokens", type=int, default=256, help="training step, prefill and pkm queries")
     parser.add_argument("--compile", action="store_true", help="also time inference compiled (minutes of compiling)")
+    parser.add_argument("--pytorch-path", action="store_true",
+                        help="also time the memory layer's PyTorch path (MIDUS_CPU_KERNELS=0), its reference")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     settings = {"train_seq_len": args.tokens, "prefill_len": args.tokens, "decode_tokens": 32, "warmup": 2}
-    results = {"settings": settings, "rounds": args.rounds, "compiled": args.compile,
+    results = {"settings": settings, "rounds": args.rounds, "compiled": args.compile, "pytorch_path": args.pytorch_path,
                "environment": {"device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads by default)",
                                "torch": torch.__version__}}
     with tempfile.TemporaryDirectory(prefix="memory-cost-") as folder:
-        results["added_cost"] = added_costs(Path(folder), args.threads, args.rounds, settings, args.compile)
+        results["added_cost"] = added_costs(Path(folder), args.threads, args.rounds, settings, args.compile,
+                                            args.pytorch_path)
     torch.set_num_threads(args.threads[0])
     results["product_key_memory"] = against_product_key_memory(args.tokens, 2 * args.rounds + 1)
+    results["breakdown"] = block_breakdown(args.tokens, args.rounds)
     results["training_memory"] = training_memory(args.tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(results)

@@ -147,10 +147,25 @@ def test_switched_off_the_memory_layer_runs_the_pytorch_path(monkeypatch):
     assert slots.shape == (20, 2, 4) and scores.requires_grad
 
 
-def test_kernels_take_cpu_float32_and_float64_only():
+def test_kernels_take_cpu_float32_and_float64_and_the_selection_half_precision_too():
     assert cpu_kernels.supports(torch.zeros(1)) and cpu_kernels.supports(torch.zeros(1, dtype=torch.float64))
     assert not cpu_kernels.supports(torch.zeros(1, dtype=torch.bfloat16))
+    assert cpu_kernels.supports(torch.zeros(1, dtype=torch.bfloat16), half_precision=True)
+    assert not cpu_kernels.supports(torch.zeros(1, dtype=torch.int64), half_precision=True)
     assert not cpu_kernels.supports(torch.zeros(1, device="meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_scores_are_selected_on_their_exact_sums(dtype):
+    torch.manual_seed(7)
+    scores = sub_key_scores(torch.randn(30, 2, 32, dtype=dtype), torch.randn(2, 2, 16, 16, dtype=dtype))
+    best, slots = cpu_kernels.select(scores, 8)
+    exact = scores.float()
+    expected_best, expected_slots = cpu_kernels.select(exact, 8)
+    assert best.dtype == dtype and torch.equal(slots, expected_slots)
+    assert torch.equal(best, expected_best.to(dtype))  # the float32 sums, rounded once
+    rows, columns = torch.div(slots, 16, rounding_mode="floor"), slots % 16
+    assert torch.equal(best, scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns))
 
 
 def test_a_build_is_cached_by_source_compiler_and_cpu(tmp_path, monkeypatch):

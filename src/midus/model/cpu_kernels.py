@@ -315,6 +315,7 @@ int midus_pool_backward_f64(const double* bank, int64_t n_slots, int64_t dim, co
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 NATIVE = ["-march=native"]  # built where it runs: the cache key names the CPU; dropped if refused
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # the selection takes their scores in float32
 
 logger = logging.get_logger("transformers.midus")
 _lock = threading.Lock()
@@ -405,9 +406,11 @@ def built() -> bool:
     return library() is not None
 
 
-def supports(tensor: torch.Tensor) -> bool:
-    """Whether the kernels take this tensor: on the CPU, float32 or float64, and built."""
-    return tensor.device.type == "cpu" and tensor.dtype in DTYPES and built()
+def supports(tensor: torch.Tensor, half_precision: bool = False) -> bool:
+    """Whether the kernels take this tensor: on the CPU, float32 or float64 (with `half_precision`, bfloat16 and
+    float16 too, in float32), and built."""
+    return (tensor.device.type == "cpu" and (tensor.dtype in DTYPES or half_precision and tensor.dtype in HALF_DTYPES)
+            and built())
 
 
 def _select(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -444,7 +447,11 @@ _select_op = _register_select()
 
 def select(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k over the n*n product keys of every (token, head), from the halves' sub-key scores
-    [N, H, 2, n] (no gradient): scores and slots [N, H, k]."""
+    [N, H, 2, n] (no gradient): scores and slots [N, H, k]. bfloat16 and float16 scores are selected
+    in float32: exact sums, where PyTorch's path rounds each sum first (near ties may then go either way)."""
+    if scores.dtype in HALF_DTYPES:  # select on the exact sums; return them rounded as PyTorch's adds would
+        best, slots = select(scores.float(), topk)
+        return best.to(scores.dtype), slots
     if torch.compiler.is_compiling():
         return _select_op(scores, topk)
     return _select(scores, topk)

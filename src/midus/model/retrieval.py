@@ -64,7 +64,7 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
     PyTorch ops (`reference_selection`).
     """
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
-    kernel = kernels_support(query)
+    kernel = kernels_support(query, half_precision=True)
     if not kernel and not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS:
         return decode_topk(query, keys, topk)
     scores = sub_key_scores(query, keys)
