@@ -23,7 +23,7 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from midus.checkpoint import save_model
-from midus.model.compat import OUTPUT_CACHE, TESTED_TRANSFORMERS, range_note
+from midus.model.compat import OUTPUT_CACHE, TESTED_TRANSFORMERS, cache_name, range_note
 from model_helpers import FAMILIES, grow, random_memory, tokens
 
 ROOT = Path(__file__).parents[2]
@@ -111,7 +111,7 @@ def test_pyproject_and_ci_declare_the_tested_range():
 
 @pytest.mark.parametrize("version, outside", [
     ("5.15.2", True), ("5.16.0", False), ("5.20.1", False), ("5.24.0", False), ("5.24.3", False),
-    ("5.25.0", True), ("6.0.0", True), ("4.57.6", True),
+    ("5.25.0", False), ("5.25.2", False), ("5.26.0", True), ("6.0.0", True), ("4.57.6", True),
 ])
 def test_range_note_names_both_versions_outside_the_range(version, outside):
     note = range_note(version)
@@ -120,6 +120,24 @@ def test_range_note_names_both_versions_outside_the_range(version, outside):
     else:
         assert f"this is transformers {version}" in note
         assert f"tested with transformers {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}" in note
+
+
+def test_a_signature_showing_both_cache_names_gives_the_new_one():
+    """transformers 5.25's mask builders keep `past_key_values` in their signatures as a deprecated alias of
+    `cache` (deprecate_kwarg's expose_in_signature: a keyword-only parameter before **kwargs)."""
+    def builder(config, inputs_embeds, attention_mask, cache=None, position_ids=None, *, past_key_values=None,
+                **kwargs):
+        pass
+
+    def old_builder(config, inputs_embeds, attention_mask, past_key_values=None, **kwargs):
+        pass
+
+    def layer(hidden_states, layer_past=None, **kwargs):
+        pass
+
+    assert cache_name(builder) == "cache" and cache_name(old_builder) == "past_key_values"
+    with pytest.raises(ImportError, match="takes the KV cache under none of cache, past_key_values"):
+        cache_name(layer)
 
 
 @pytest.fixture(scope="module")

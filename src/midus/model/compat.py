@@ -5,7 +5,8 @@ the user has. Releases differ in ways that change results silently, so each diff
 from transformers itself (signatures, dataclass fields), never guessed from a version number:
 
 - the KV cache is `past_key_values=` up to 5.23 and `cache=` from 5.24 on, in the decoder layers,
-  the mask builders, `generate` and the model outputs;
+  the mask builders, `generate` and the model outputs; from 5.25 the mask builders' signatures show
+  both names (the old one a deprecated alias), and the new name wins;
 - a release outside the tested range gets one warning naming both versions.
 
 What cannot be detected up front (a cache argument under a name we do not know) is an error at
@@ -24,8 +25,8 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaFor
 
 # The transformers releases CI ran this code on: the lowest accepted one and the newest release.
 # pyproject.toml declares the same range (a test holds them equal).
-TESTED_TRANSFORMERS = ("5.16.0", "5.24.0")
-CACHE_NAMES = ("cache", "past_key_values")  # the KV cache's name, newest first
+TESTED_TRANSFORMERS = ("5.16.0", "5.25.0")
+CACHE_NAMES = ("cache", "past_key_values")  # the KV cache's name, newest first (a signature may show both)
 
 
 # One logger name for every copy of this file (each checkpoint, and its config and model halves, load
