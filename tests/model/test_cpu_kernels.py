@@ -2,6 +2,10 @@
 against `reference_selection` and the exhaustive top-k, the pooling's backward against autograd
 through the plain gather; their build, cache and fallback."""
 
+import re
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -177,6 +181,26 @@ def test_a_build_is_cached_by_source_compiler_and_cpu(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temporary left behind
     monkeypatch.setattr(cpu_kernels, "SOURCE", cpu_kernels.SOURCE + "\n// another version\n")
     assert cpu_kernels.build() != first
+
+
+def test_the_kernels_share_pytorchs_openmp_runtime():
+    """Built with OpenMP, the library's libgomp.so.1 resolves to the one PyTorch loaded: one thread pool."""
+    torch_gomp = sorted(Path(torch.__file__).parent.joinpath("lib").glob("libgomp*"))
+    if sys.platform != "linux" or not torch_gomp:
+        pytest.skip("a PyTorch built with GNU OpenMP on Linux (the CPU wheels) is what this checks")
+    loaded = set(re.findall(r"\S*/libgomp[^/\s]*$", Path("/proc/self/maps").read_text(), flags=re.M))
+    assert loaded == {str(torch_gomp[0])}
+
+
+def test_a_compiler_without_openmp_builds_kernels_that_run_in_one_thread(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIDUS_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "OPENMP", ["-fno-such-flag-for-openmp"])  # refused: the serial build
+    serial = cpu_kernels.load(cpu_kernels.build())
+    monkeypatch.setattr(cpu_kernels, "_loaded", {"library": serial})
+    torch.manual_seed(5)
+    scores = sub_key_scores(torch.randn(600, 4, 32), torch.randn(4, 2, 32, 16))
+    best, slots = cpu_kernels.select(scores, 16)
+    assert torch.equal(in_order(best, slots)[1], in_order(*reference_selection(scores, 16))[1])
 
 
 def test_without_a_compiler_a_warning_and_the_pytorch_path(tmp_path, monkeypatch):

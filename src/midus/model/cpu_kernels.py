@@ -36,7 +36,6 @@ SOURCE = r"""
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -180,16 +179,17 @@ void select_one(const T* __restrict rows, const T* __restrict cols, int n, int k
     }
 }
 
-// runs body(begin, end) over [0, count) in up to `threads` chunks of at least `grain`
+// runs body(begin, end) over [0, count) in up to `threads` chunks of at least `grain`, on OpenMP's
+// threads: built with -fopenmp this library links libgomp.so.1, which resolves to the one PyTorch already
+// loaded, so the chunks run on PyTorch's own pool (threads of our own would fight its spinning workers
+// for the cores). Built without OpenMP, the pragma is ignored and the chunks run one after another.
 template <typename F>
 void parallel(int64_t count, int threads, int64_t grain, F body) {
     int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, count / grain));
     if (workers == 1) return body(int64_t(0), count);
     int64_t chunk = (count + workers - 1) / workers;
-    std::vector<std::thread> pool;
-    for (int64_t w = 1; w < workers; ++w) pool.emplace_back(body, w * chunk, std::min(count, (w + 1) * chunk));
-    body(int64_t(0), std::min(count, chunk));
-    for (auto& thread : pool) thread.join();
+    #pragma omp parallel for num_threads(workers) schedule(static, 1)
+    for (int64_t w = 0; w < workers; ++w) body(w * chunk, std::min(count, (w + 1) * chunk));
 }
 
 int pair_count(int k) {
@@ -312,7 +312,8 @@ int midus_pool_backward_f64(const double* bank, int64_t n_slots, int64_t dim, co
 }
 """
 
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC"]
+OPENMP = ["-fopenmp"]  # PyTorch's thread pool (see parallel() above); dropped if refused
 NATIVE = ["-march=native"]  # built where it runs: the cache key names the CPU; dropped if refused
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 HALF_DTYPES = (torch.bfloat16, torch.float16)  # the selection takes their scores in float32
@@ -367,7 +368,7 @@ def build() -> Path:
     """Compile SOURCE once per (source, compiler, CPU) into the cache folder; returns the library."""
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE, cxx, version, platform.machine(), cpu_signature(), *FLAGS]).encode())
+    key = hashlib.sha256("\0".join([SOURCE, cxx, version, platform.machine(), cpu_signature(), *FLAGS, *OPENMP]).encode())
     target = cache_folder() / f"midus_cpu_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -376,7 +377,7 @@ def build() -> Path:
         source = Path(scratch) / "midus_cpu.cpp"
         source.write_text(SOURCE)
         built = Path(scratch) / target.name
-        for extra in (NATIVE, []):
+        for extra in (NATIVE + OPENMP, OPENMP, NATIVE, []):
             result = subprocess.run([cxx, *FLAGS, *extra, str(source), "-o", str(built)], capture_output=True,
                                     text=True, timeout=300)
             if result.returncode == 0:
