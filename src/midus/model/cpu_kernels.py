@@ -282,33 +282,27 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
 
 }  // namespace
 
+// the C entry points, one set per dtype (DTYPES below names the suffixes)
+#define MIDUS_ENTRY_POINTS(T, suffix)                                                                             \
+    int midus_select_##suffix(const T* scores, int64_t tokens, int64_t heads, int64_t token_stride,               \
+                              int64_t head_stride, int64_t half_stride, int n, int k, T* best, int64_t* slots,    \
+                              int threads) {                                                                      \
+        return select(scores, tokens, heads, token_stride, head_stride, half_stride, n, k, best, slots, threads); \
+    }                                                                                                             \
+    int midus_pool_forward_##suffix(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots,            \
+                                    const T* weights, int64_t bags, int64_t bag_size, T* out, int threads) {      \
+        return pool_forward(bank, n_slots, dim, slots, weights, bags, bag_size, out, threads);                    \
+    }                                                                                                             \
+    int midus_pool_backward_##suffix(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots,           \
+                                     const T* weights, int64_t bags, int64_t bag_size, const T* grad,             \
+                                     T* grad_bank, T* grad_weights, int threads) {                                \
+        return pool_backward(bank, n_slots, dim, slots, weights, bags, bag_size, grad, grad_bank, grad_weights,   \
+                             threads);                                                                            \
+    }
+
 extern "C" {
-int midus_select_f32(const float* scores, int64_t tokens, int64_t heads, int64_t token_stride, int64_t head_stride,
-                     int64_t half_stride, int n, int k, float* best, int64_t* slots, int threads) {
-    return select(scores, tokens, heads, token_stride, head_stride, half_stride, n, k, best, slots, threads);
-}
-int midus_select_f64(const double* scores, int64_t tokens, int64_t heads, int64_t token_stride, int64_t head_stride,
-                     int64_t half_stride, int n, int k, double* best, int64_t* slots, int threads) {
-    return select(scores, tokens, heads, token_stride, head_stride, half_stride, n, k, best, slots, threads);
-}
-int midus_pool_forward_f32(const float* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
-                           const float* weights, int64_t bags, int64_t bag_size, float* out, int threads) {
-    return pool_forward(bank, n_slots, dim, slots, weights, bags, bag_size, out, threads);
-}
-int midus_pool_backward_f32(const float* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
-                            const float* weights, int64_t bags, int64_t bag_size, const float* grad,
-                            float* grad_bank, float* grad_weights, int threads) {
-    return pool_backward(bank, n_slots, dim, slots, weights, bags, bag_size, grad, grad_bank, grad_weights, threads);
-}
-int midus_pool_forward_f64(const double* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
-                           const double* weights, int64_t bags, int64_t bag_size, double* out, int threads) {
-    return pool_forward(bank, n_slots, dim, slots, weights, bags, bag_size, out, threads);
-}
-int midus_pool_backward_f64(const double* bank, int64_t n_slots, int64_t dim, const int64_t* slots,
-                            const double* weights, int64_t bags, int64_t bag_size, const double* grad,
-                            double* grad_bank, double* grad_weights, int threads) {
-    return pool_backward(bank, n_slots, dim, slots, weights, bags, bag_size, grad, grad_bank, grad_weights, threads);
-}
+MIDUS_ENTRY_POINTS(float, f32)
+MIDUS_ENTRY_POINTS(double, f64)
 }
 """
 
