@@ -21,9 +21,10 @@
 3. Training memory of one block at 1B width: the bytes autograd keeps for the backward (saved
    tensors, counted once per storage) and the bytes of weights, gradients and AdamW state.
 
-    python benchmarks/memory_cost.py [--threads 1 2] [--rounds 7] [--compile] [--out benchmarks/results]
+    python benchmarks/memory_cost.py [--threads 1 2] [--rounds 7] [--compile] [--pytorch-path] [--out benchmarks/results]
+    python benchmarks/memory_cost.py --from-json benchmarks/results/memory_cost.json   # table and plot again
 
-Writes memory_cost.md and memory_cost.json to --out.
+Writes memory_cost.md, memory_cost.json and memory_cost.png (the ratios, bars by path) to --out.
 """
 
 import argparse
@@ -49,6 +50,7 @@ from midus.model.compat import CACHE_ARG
 from midus.model.hml import ProductKeys, normalize_query
 from midus.model.retrieval import staircase
 from midus.model.values import pool
+from midus.plotting import save_figure, subplots
 
 N_KEYS, TOPK, LATENT = 64, 32, 64
 WIDTHS = {
@@ -349,14 +351,60 @@ def training_memory(tokens: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ report
-def goal_text(row: dict, metric: str) -> str:
+def goal_limit(row: dict, metric: str) -> tuple[str, float] | None:
+    """Issue 13's bound on this row's ratio, as (its wording, its value); None where it sets none."""
     goal = GOALS.get((row["width"], metric))
     if goal is None or row["path"] == "pytorch":
-        return "—"
+        return None
     text, bound = goal
-    limit = {"params": row["param_ratio"], "flops": 1.15 * row["flop_ratio"][metric]}.get(bound, bound)
-    met = row["phases"][metric]["ratio"] <= limit
-    return f"{text} ({limit:.2f}): {'met' if met else 'not met'}"
+    return text, {"params": row["param_ratio"], "flops": 1.15 * row["flop_ratio"][metric]}.get(bound, bound)
+
+
+def goal_text(row: dict, metric: str) -> str:
+    goal = goal_limit(row, metric)
+    if goal is None:
+        return "—"
+    text, limit = goal
+    return f"{text} ({limit:.2f}): {'met' if row['phases'][metric]['ratio'] <= limit else 'not met'}"
+
+
+def plot(results: dict, path: Path) -> Path:
+    """One panel per width: the ratio of every phase and thread count, a bar per path (IQR whiskers),
+    the FLOP ratio dotted, the goal dashed."""
+    variants = {("kernels", "eager"): "kernels, eager", ("pytorch", "eager"): "PyTorch path, eager",
+                ("kernels", "compiled"): "kernels, compiled"}
+    widths = list(dict.fromkeys(row["width"] for row in results["added_cost"]))
+    figure, axes = subplots(1, len(widths), figsize=(6.5 * len(widths), 4.2), squeeze=False)
+    bar = 0.8 / len(variants)
+    for ax, width in zip(axes[0], widths):
+        rows = [row for row in results["added_cost"] if row["width"] == width]
+        groups = [(metric, threads) for metric in PHASES for threads in sorted({row["threads"] for row in rows})]
+        for i, (variant, label) in enumerate(variants.items()):
+            xs, ratios, below, above = [], [], [], []
+            for g, (metric, threads) in enumerate(groups):
+                for row in rows:
+                    if (row["path"], row["inference"]) == variant and row["threads"] == threads and metric in row["phases"]:
+                        p = row["phases"][metric]
+                        xs.append(g + (i - (len(variants) - 1) / 2) * bar)
+                        ratios.append(p["ratio"])
+                        below.append(max(0.0, p["ratio"] - p["round_q1"]))
+                        above.append(max(0.0, p["round_q3"] - p["ratio"]))
+            if xs:
+                ax.bar(xs, ratios, bar, yerr=[below, above], capsize=2, label=label)
+        for g, (metric, threads) in enumerate(groups):
+            row = next(row for row in rows if row["threads"] == threads)
+            ax.hlines(row["flop_ratio"][metric], g - 0.45, g + 0.45, colors="black", linestyles="dotted",
+                      label="FLOP ratio" if g == 0 else None)
+            goal = goal_limit(row, metric)
+            if goal:
+                ax.hlines(goal[1], g - 0.45, g + 0.45, colors="red", linestyles="dashed",
+                          label="goal" if not any(t.get_label() == "goal" for t in ax.collections) else None)
+        ax.set_xticks(range(len(groups)), [f"{PHASES[m].replace(' (per token)', '')}\n{t} thread{'s' * (t > 1)}"
+                                           for m, t in groups], fontsize=8)
+        ax.set_title(f"{width} (+{rows[0]['new_blocks']} on {rows[0]['base_blocks']})")
+        ax.set_ylabel("MIDUS ÷ LLaMA Pro, added cost per block")
+        ax.legend(fontsize=7)
+    return save_figure(figure, path)
 
 
 def markdown(results: dict) -> str:
@@ -382,7 +430,7 @@ def markdown(results: dict) -> str:
                          f"[run-by-run IQR {value['round_q1']:.2f}–{value['round_q3']:.2f}] (goal ≥ 2×)")
     lines += ["", f"Where a block's time goes, block by block (no model around it, no AdamW; 1 × "
                   f"{results['breakdown'][0]['tokens']} tokens, decode: one token after them; "
-                  f"{torch.get_num_threads()} thread(s), median of {results['rounds']} rounds):", "",
+                  f"{results.get('breakdown_threads', 1)} thread(s), median of {results['rounds']} rounds):", "",
               "| width | phase | full block ms | memory block ms | its attention part ms | memory ÷ full | "
               "attention part ÷ full |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['width']} | {r['phase']} | {r['full block_ms']:.3f} | {r['memory block_ms']:.3f} | "
@@ -419,7 +467,22 @@ def main():
     parser.add_argument("--pytorch-path", action="store_true",
                         help="also time the memory layer's PyTorch path (MIDUS_CPU_KERNELS=0), its reference")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--from-json", type=Path, help="measure nothing: write the table and plot of a saved run")
     args = parser.parse_args()
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+    else:
+        results = measure(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results)
+    if not args.from_json or args.from_json.resolve() != (args.out / "memory_cost.json").resolve():
+        (args.out / "memory_cost.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "memory_cost.md").write_text(text)
+    plot(results, args.out / "memory_cost.png")
+    print(text)
+
+
+def measure(args) -> dict:
     settings = {"train_seq_len": args.tokens, "prefill_len": args.tokens, "decode_tokens": 32, "warmup": 2}
     results = {"settings": settings, "rounds": args.rounds, "compiled": args.compile, "pytorch_path": args.pytorch_path,
                "environment": {"device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads by default)",
@@ -431,11 +494,8 @@ def main():
     results["product_key_memory"] = against_product_key_memory(args.tokens, 2 * args.rounds + 1)
     results["breakdown"] = block_breakdown(args.tokens, args.rounds)
     results["training_memory"] = training_memory(args.tokens)
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    (args.out / "memory_cost.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "memory_cost.md").write_text(text)
-    print(text)
+    results["breakdown_threads"] = args.threads[0]
+    return results
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""benchmarks/memory_cost.py's report, from the committed run: its table is what the script writes from
+its JSON, its goals are issue 13's, its plot is a PNG."""
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+RESULTS = Path(__file__).parents[2] / "benchmarks" / "results"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("memory_cost", RESULTS.parent / "memory_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results():
+    return json.loads((RESULTS / "memory_cost.json").read_text())
+
+
+def test_the_committed_table_is_the_one_its_json_gives(script, results):
+    assert script.markdown(results) == (RESULTS / "memory_cost.md").read_text()
+
+
+def row(results, width, threads, path="kernels", inference="eager"):
+    return next(r for r in results["added_cost"] if (r["width"], r["threads"], r["path"], r["inference"])
+                == (width, threads, path, inference))
+
+
+def test_goals_are_issue_13s_bounds(script, results):
+    smol, big = row(results, "SmolLM2-135M", 1), row(results, "Llama-3.2-1B", 1)
+    assert script.goal_limit(smol, "decode_s_per_token") == ("≤ 0.5", 0.5)
+    assert script.goal_limit(smol, "train_step_s") == ("≤ parameter ratio", smol["param_ratio"])
+    assert script.goal_limit(smol, "prefill_s") is None
+    assert script.goal_limit(big, "prefill_s") == ("≤ 1.15 × FLOP ratio", 1.15 * big["flop_ratio"]["prefill_s"])
+    assert script.goal_limit(row(results, "Llama-3.2-1B", 1, path="pytorch"), "prefill_s") is None  # a reference
+    smol = copy.deepcopy(smol)
+    smol["phases"]["decode_s_per_token"]["ratio"] = 0.5
+    assert script.goal_text(smol, "decode_s_per_token") == "≤ 0.5 (0.50): met"
+    smol = copy.deepcopy(smol)
+    smol["phases"]["decode_s_per_token"]["ratio"] = 0.51
+    assert script.goal_text(smol, "decode_s_per_token") == "≤ 0.5 (0.50): not met"
+
+
+def test_from_json_writes_the_table_and_a_plot(script, results, tmp_path, monkeypatch):
+    (tmp_path / "run.json").write_text(json.dumps(results))
+    monkeypatch.setattr("sys.argv", ["memory_cost.py", "--from-json", str(tmp_path / "run.json"),
+                                     "--out", str(tmp_path / "out")])
+    script.main()
+    assert (tmp_path / "out" / "memory_cost.md").read_text() == script.markdown(results)
+    assert json.loads((tmp_path / "out" / "memory_cost.json").read_text()) == results
+    assert (tmp_path / "out" / "memory_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
