@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from midus.model import cpu_kernels
-from midus.model.retrieval import product_key_topk, reference_selection, sub_key_scores
+from midus.model.hml import ProductKeys, normalize_query
+from midus.model.retrieval import PairScores, product_key_topk, reference_selection, sub_key_scores
 from midus.model.values import gather_pool, pool
 from test_retrieval import exhaustive_topk
 
@@ -109,17 +110,19 @@ def test_pool_equals_the_gather_and_embedding_bag(dtype):
 
 
 def test_pool_backward_over_threads_equals_one_thread():
+    """One thread: both gradients in one pass; three: the weights' by bags, the bank's by column blocks."""
     torch.manual_seed(5)
     bank, grad = torch.randn(4096, 64), torch.randn(2000, 64)
     slots, weights = torch.randint(0, 4096, (2000, 32)), torch.rand(2000, 32)
-    one = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+    results = {}
     threads = torch.get_num_threads()
-    torch.set_num_threads(3)
     try:
-        three = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results[count] = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(one, three))  # columns split, bags split: same sums
+    assert all(torch.equal(a, b) for a, b in zip(results[1], results[3]))  # the same sums in the same order
 
 
 def test_pool_backward_refuses_a_slot_outside_the_bank():
@@ -140,6 +143,60 @@ def test_pool_takes_the_kernel_backward_on_the_cpu_and_matches_the_reference(mon
     assert calls == [1]
     for mine, reference in zip(grads, expected):
         torch.testing.assert_close(mine, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_scores_backward_equals_the_scatter_into_the_grid(dtype):
+    torch.manual_seed(8)
+    scores = torch.randn(30, 3, 2, 16, dtype=dtype, requires_grad=True)
+    best, slots = cpu_kernels.select(scores.detach(), 8)
+    slots[0, 0] = torch.tensor([0, 1, 2, 3, 16, 32, 48, 255])  # repeated rows and columns
+    grad = torch.randn(30, 3, 8, dtype=dtype)
+    rows, columns = slots.div(16, rounding_mode="floor"), slots.remainder(16)
+    through_gather = scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)
+    expected = torch.autograd.grad(through_gather, scores, grad)[0]
+    torch.testing.assert_close(cpu_kernels.pair_scores_backward(grad, slots, 16), expected, rtol=0, atol=0)
+    summed = PairScores.apply(scores, slots, through_gather.detach())  # the autograd function's backward
+    torch.testing.assert_close(torch.autograd.grad(summed, scores, grad)[0], expected, rtol=0, atol=0)
+    with pytest.raises(IndexError, match="outside the 16 x 16 grid"):
+        cpu_kernels.pair_scores_backward(grad[:1, :1], torch.full((1, 1, 8), 256), 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("norm", ["none", "rms", "layer"])
+@pytest.mark.parametrize("n, k, head_dim", [(8, 8, 4), (64, 32, 64), (32, 7, 18)])
+def test_one_call_retrieval_equals_norm_scores_selection_and_softmax(dtype, norm, n, k, head_dim):
+    torch.manual_seed(n + k)
+    query = 3 * torch.randn(5, 4, head_dim, dtype=dtype) + 1
+    keys = torch.randn(4, 2, n, head_dim // 2, dtype=dtype)
+    slots, weights = cpu_kernels.retrieve(query, keys, k, norm)
+    normalized = normalize_query(query, norm)
+    best, expected_slots = reference_selection(sub_key_scores(normalized, keys), k)
+    assert slots.dtype == torch.long and weights.dtype == dtype
+    order, expected_order = slots.argsort(-1), expected_slots.argsort(-1)
+    assert torch.equal(slots.gather(-1, order), expected_slots.gather(-1, expected_order))
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(weights.gather(-1, order), best.softmax(-1).gather(-1, expected_order), **tolerance)
+    with pytest.raises(ValueError, match=f"top-k {n + 1} must be between 1 and the {n} sub-keys"):
+        cpu_kernels.retrieve(query, keys, n + 1, norm)
+
+
+def test_decode_takes_the_one_call_retrieval_and_training_the_general_path(monkeypatch):
+    import midus.model.hml as hml_module
+
+    calls = []
+    monkeypatch.setattr(hml_module, "kernel_retrieve", lambda *args: calls.append(1) or cpu_kernels.retrieve(*args))
+    retrieval = ProductKeys(4, 16, 16, 8).double()
+    torch.nn.init.normal_(retrieval.keys)
+    query = torch.randn(3, 4, 16, dtype=torch.float64)
+    with torch.no_grad():
+        slots, weights = retrieval(query, "rms")
+    assert calls == [1]
+    general = retrieval(query, "rms")  # the keys want a gradient: the general path
+    assert calls == [1] and general[1].requires_grad
+    order, general_order = slots.argsort(-1), general[0].argsort(-1)
+    assert torch.equal(slots.gather(-1, order), general[0].gather(-1, general_order))
+    torch.testing.assert_close(weights.gather(-1, order), general[1].detach().gather(-1, general_order))
 
 
 def test_switched_off_the_memory_layer_runs_the_pytorch_path(monkeypatch):

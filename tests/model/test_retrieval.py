@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from midus.model import cpu_kernels
+from midus.model.hml import ProductKeys
 from midus.model.retrieval import DECODE_MAX_TOKENS, pair_sums, product_key_topk, staircase, staircase_ranks
 
 
@@ -89,3 +90,20 @@ def test_decode_path_equals_the_general_path(n_tokens):
     decode_order, general_order = decode[1].argsort(dim=-1), general[1].argsort(dim=-1)
     assert torch.equal(decode[1].gather(-1, decode_order), general[1].gather(-1, general_order))
     assert torch.equal(decode[0].gather(-1, decode_order), general[0].detach().gather(-1, general_order))
+
+
+@pytest.mark.parametrize("norm", ["none", "rms", "layer"])
+@pytest.mark.parametrize("n_tokens", [1, DECODE_MAX_TOKENS])
+def test_product_keys_decode_equals_the_training_retrieval(norm, n_tokens):
+    """Decode (few queries, no gradient: one kernel call on the CPU) and training (norm, scores,
+    selection, softmax as PyTorch ops with a gradient) give the same slots and weights."""
+    torch.manual_seed(7 + n_tokens)
+    retrieval = ProductKeys(4, 32, 64, 32)
+    torch.nn.init.normal_(retrieval.keys)
+    query = 2 * torch.randn(n_tokens, 4, 32) + 0.5
+    with torch.no_grad():
+        slots, weights = retrieval(query, norm)
+    train_slots, train_weights = retrieval(query.requires_grad_(), norm)
+    order, train_order = slots.argsort(-1), train_slots.argsort(-1)
+    assert torch.equal(slots.gather(-1, order), train_slots.gather(-1, train_order))
+    torch.testing.assert_close(weights.gather(-1, order), train_weights.detach().gather(-1, train_order))

@@ -4,6 +4,10 @@
 - `select`: the exact product-key top-k of every (token, head) in one pass. PyTorch needs a `topk`
   per half (about 1 us a row of 64 on one core), the staircase's adds, a second `topk` and gathers;
   this kernel does one query's both halves and the pairs in about 1 us;
+- `pair_scores_backward`: the score grid's gradient in training, each winner's summed into its two
+  sub-keys (a zeroed grid and two scatters of int64 divisions on the PyTorch path);
+- `retrieve`: decode's whole retrieval (norm, sub-key scores, selection, softmax) of a few queries in
+  one call, where a dozen PyTorch ops each cost more in dispatch than in work;
 - `pool` and `pool_backward`: the weighted pooling `sum_t w_t bank[slot_t]` and its gradients, the
   bank's (rows scattered by slot) and the weights' (one dot per retrieved row).
 
@@ -33,6 +37,7 @@ from transformers.utils import logging
 
 SOURCE = r"""
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -216,6 +221,15 @@ int select(const T* scores, int64_t tokens, int64_t heads, int64_t token_stride,
     return 0;
 }
 
+// rows are read at random: each loop asks for the row AHEAD retrievals on (its first cache line, the
+// hardware fetches the rest) while it works on this one
+constexpr int64_t AHEAD = 8;
+
+template <typename T>
+inline void prefetch(const T* table, const int64_t* slots, int64_t i, int64_t count, int64_t dim, int write = 0) {
+    if (i + AHEAD < count) __builtin_prefetch(table + slots[i + AHEAD] * dim, write);
+}
+
 // <x, y> in 16 running sums (one sum would be a chain of dependent adds: no vectors)
 template <typename T>
 T dot(const T* x, const T* y, int64_t size) {
@@ -240,6 +254,7 @@ int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slo
             T* __restrict sum = out + b * dim;
             for (int64_t d = 0; d < dim; ++d) sum[d] = 0;
             for (int64_t t = 0; t < bag_size; ++t) {
+                prefetch(bank, slots, b * bag_size + t, bags * bag_size, dim);
                 const T* __restrict row = bank + slots[b * bag_size + t] * dim;
                 T w = weights[b * bag_size + t];
                 for (int64_t d = 0; d < dim; ++d) sum[d] += w * row[d];
@@ -250,33 +265,118 @@ int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slo
 }
 
 // gradients of out[b] = sum_t weights[b, t] * bank[slots[b, t]] given grad = d loss / d out [bags, dim]:
-// grad_weights[b, t] = <bank[slots[b, t]], grad[b]> (by bags), grad_bank[slot] += weights[b, t] * grad[b]
-// (by column blocks of the bank, so that no two threads write one row). grad_bank comes zeroed.
+// grad_weights[b, t] = <bank[slots[b, t]], grad[b]>, grad_bank[slot] += weights[b, t] * grad[b]. grad_bank
+// comes zeroed. On one thread both in one pass over the retrieved rows; on more, the weights' by bags and
+// the bank's by column blocks (no two threads write one row): the same sums in the same order either way.
 template <typename T>
 int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
                   int64_t bags, int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, int threads) {
     for (int64_t i = 0; i < bags * bag_size; ++i)
         if (slots[i] < 0 || slots[i] >= n_slots) return 1;
+    int64_t blocks = (dim + 15) / 16;
+    if (grad_bank && grad_weights && std::min<int64_t>(threads, blocks) <= 1) {
+        for (int64_t b = 0; b < bags; ++b)
+            for (int64_t t = 0; t < bag_size; ++t) {
+                int64_t i = b * bag_size + t;
+                prefetch(bank, slots, i, bags * bag_size, dim);
+                prefetch(grad_bank, slots, i, bags * bag_size, dim, 1);
+                const T* __restrict value = bank + slots[i] * dim;
+                const T* __restrict g = grad + b * dim;
+                T* __restrict row = grad_bank + slots[i] * dim;
+                T w = weights[i], sums[16] = {};  // dot()'s running sums
+                int64_t d = 0;
+                for (; d + 16 <= dim; d += 16)
+                    for (int j = 0; j < 16; ++j) {
+                        sums[j] += value[d + j] * g[d + j];
+                        row[d + j] += w * g[d + j];
+                    }
+                for (; d < dim; ++d) {
+                    sums[0] += value[d] * g[d];
+                    row[d] += w * g[d];
+                }
+                T total = 0;
+                for (int j = 0; j < 16; ++j) total += sums[j];
+                grad_weights[i] = total;
+            }
+        return 0;
+    }
     if (grad_weights)
         parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
             for (int64_t b = begin; b < end; ++b)
                 for (int64_t t = 0; t < bag_size; ++t) {
+                    prefetch(bank, slots, b * bag_size + t, bags * bag_size, dim);
                     grad_weights[b * bag_size + t] = dot(bank + slots[b * bag_size + t] * dim, grad + b * dim, dim);
                 }
         });
-    if (grad_bank) {
-        int64_t blocks = (dim + 15) / 16;
+    if (grad_bank)
         parallel(blocks, threads, 1, [=](int64_t begin, int64_t end) {
             int64_t first = begin * 16, last = std::min(dim, end * 16);
             for (int64_t b = 0; b < bags; ++b)
                 for (int64_t t = 0; t < bag_size; ++t) {
+                    prefetch(grad_bank + first, slots, b * bag_size + t, bags * bag_size, dim, 1);
                     T* row = grad_bank + slots[b * bag_size + t] * dim;
                     const T* g = grad + b * dim;
                     T w = weights[b * bag_size + t];
                     for (int64_t d = first; d < last; ++d) row[d] += w * g[d];
                 }
         });
-    }
+    return 0;
+}
+
+// a query normalised as F.rms_norm / F.layer_norm do without a scale (norm 1 / 2; 0: copied), in double
+template <typename T>
+void normalize(const T* __restrict x, int size, int norm, double eps, T* __restrict out) {
+    double mean = 0, square = 0;
+    for (int d = 0; d < size; ++d) mean += x[d];
+    mean = norm == 2 ? mean / size : 0.0;
+    for (int d = 0; d < size; ++d) square += (x[d] - mean) * (x[d] - mean);
+    double scale = norm == 0 ? 1.0 : 1.0 / std::sqrt(square / size + eps);
+    for (int d = 0; d < size; ++d) out[d] = T((x[d] - mean) * scale);
+}
+
+// the whole retrieval of a few queries without gradients (decode): each (token, head) query [tokens, heads,
+// key_dim] normalised, scored against its head's two sub-key tables keys [heads, 2, n, key_dim / 2],
+// selected (select_one) and its k scores softmaxed: slots and weights [tokens, heads, k]
+template <typename T>
+int retrieve(const T* query, const T* keys, int64_t tokens, int64_t heads, int key_dim, int n, int k, int norm,
+             double eps, int64_t* slots, T* weights, int threads) {
+    if (k < 1 || k > n) return 1;
+    int half = key_dim / 2, pairs = pair_count(k);
+    parallel(tokens * heads, threads, 16, [=](int64_t begin, int64_t end) {
+        Scratch<T> s(n, k, pairs);
+        std::vector<T> q(key_dim), scores(2 * n), best(k);
+        for (int64_t m = begin; m < end; ++m) {
+            int64_t head = m % heads;
+            normalize(query + m * key_dim, key_dim, norm, eps, q.data());
+            for (int side = 0; side < 2; ++side)
+                for (int i = 0; i < n; ++i)
+                    scores[side * n + i] = dot(q.data() + side * half, keys + ((head * 2 + side) * n + i) * half, half);
+            select_one(scores.data(), scores.data() + n, n, k, s, best.data(), slots + m * k);
+            T top = *std::max_element(best.begin(), best.end()), total = 0;
+            for (int t = 0; t < k; ++t) total += weights[m * k + t] = std::exp(best[t] - top);
+            for (int t = 0; t < k; ++t) weights[m * k + t] /= total;
+        }
+    });
+    return 0;
+}
+
+// d loss / d scores of best[m, t] = scores[m, 0, slot / n] + scores[m, 1, slot % n], slot = slots[m, t],
+// given grad [rows, k]: the score grid's gradient [rows, 2, n] (zeroed here, then summed into; by rows)
+template <typename T>
+int pair_scores_backward(const T* grad, const int64_t* slots, int64_t rows, int n, int k, T* grid, int threads) {
+    for (int64_t i = 0; i < rows * k; ++i)
+        if (slots[i] < 0 || slots[i] >= int64_t(n) * n) return 1;
+    parallel(rows, threads, 256, [=](int64_t begin, int64_t end) {
+        for (int64_t m = begin; m < end; ++m) {
+            T* __restrict g = grid + m * 2 * n;
+            std::fill(g, g + 2 * n, T(0));
+            for (int t = 0; t < k; ++t) {
+                uint32_t slot = uint32_t(slots[m * k + t]), row = slot / uint32_t(n);  // 32-bit: a faster divide
+                g[row] += grad[m * k + t];
+                g[n + slot - row * n] += grad[m * k + t];
+            }
+        }
+    });
     return 0;
 }
 
@@ -298,6 +398,14 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
                                      T* grad_bank, T* grad_weights, int threads) {                                \
         return pool_backward(bank, n_slots, dim, slots, weights, bags, bag_size, grad, grad_bank, grad_weights,   \
                              threads);                                                                            \
+    }                                                                                                             \
+    int midus_retrieve_##suffix(const T* query, const T* keys, int64_t tokens, int64_t heads, int key_dim, int n,  \
+                                int k, int norm, double eps, int64_t* slots, T* weights, int threads) {           \
+        return retrieve(query, keys, tokens, heads, key_dim, n, k, norm, eps, slots, weights, threads);           \
+    }                                                                                                             \
+    int midus_pair_scores_backward_##suffix(const T* grad, const int64_t* slots, int64_t rows, int n, int k,      \
+                                            T* grid, int threads) {                                               \
+        return pair_scores_backward(grad, slots, rows, n, k, grid, threads);                                      \
     }
 
 extern "C" {
@@ -393,6 +501,12 @@ def load(path: Path) -> ctypes.CDLL:
         backward = getattr(library, f"midus_pool_backward_{suffix}")
         backward.argtypes = [pointer, i64, i64, pointer, pointer, i64, i64, pointer, pointer, pointer, i32]
         backward.restype = i32
+        retrieve = getattr(library, f"midus_retrieve_{suffix}")
+        retrieve.argtypes = [pointer, pointer, i64, i64, i32, i32, i32, i32, ctypes.c_double, pointer, pointer, i32]
+        retrieve.restype = i32
+        pairs = getattr(library, f"midus_pair_scores_backward_{suffix}")
+        pairs.argtypes = [pointer, pointer, i64, i32, i32, pointer, i32]
+        pairs.restype = i32
     return library
 
 
@@ -477,3 +591,37 @@ def pool_backward(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor
     if status:
         raise IndexError(f"a slot outside the bank's {bank.shape[0]} rows")
     return grad_bank, grad_weights
+
+
+def pair_scores_backward(grad: torch.Tensor, slots: torch.Tensor, n: int) -> torch.Tensor:
+    """Gradient of the score grid [N, H, 2, n] of best[..., t] = s_row[slot // n] + s_col[slot % n], given
+    grad [N, H, k] and slots [N, H, k]: each winner's gradient summed into its row and its column sub-key."""
+    grad, slots = grad.contiguous(), slots.contiguous()
+    tokens, heads, topk = slots.shape
+    grid = grad.new_empty(tokens, heads, 2, n)
+    status = getattr(library(), f"midus_pair_scores_backward_{DTYPES[grad.dtype]}")(
+        grad.data_ptr(), slots.data_ptr(), tokens * heads, n, topk, grid.data_ptr(), torch.get_num_threads())
+    if status:
+        raise IndexError(f"a slot outside the {n} x {n} grid")
+    return grid
+
+
+NORMS = {"none": 0, "rms": 1, "layer": 2}
+
+
+def retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole retrieval of a few queries [N, H, d_k] without gradients, in one call: each query normalised
+    (`norm`: none, rms or layer, as `hml.normalize_query`), scored against its head's sub-keys [H, 2, n, d_k/2],
+    its exact top-k selected and its scores softmaxed. Returns slots and weights [N, H, k]."""
+    query, keys = query.contiguous(), keys.contiguous()
+    tokens, heads, key_dim = query.shape
+    n = keys.shape[2]
+    eps = torch.finfo(query.dtype).eps if norm == "rms" else 1e-5  # F.rms_norm's and F.layer_norm's defaults
+    slots = torch.empty(tokens, heads, topk, dtype=torch.long)
+    weights = query.new_empty(tokens, heads, topk)
+    status = getattr(library(), f"midus_retrieve_{DTYPES[query.dtype]}")(
+        query.data_ptr(), keys.data_ptr(), tokens, heads, key_dim, n, topk, NORMS[norm], eps, slots.data_ptr(),
+        weights.data_ptr(), torch.get_num_threads())
+    if status:
+        raise ValueError(f"top-k {topk} must be between 1 and the {n} sub-keys of a half")
+    return slots, weights

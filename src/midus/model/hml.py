@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .retrieval import product_key_topk
+from .cpu_kernels import retrieve as kernel_retrieve, supports as kernels_support
+from .retrieval import DECODE_MAX_TOKENS, product_key_topk
 from .values import SharedValues, build_values
 
 
@@ -25,12 +26,24 @@ class ProductKeys(nn.Module):
         self.topk = topk
         self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, key_dim // 2))
 
-    def forward(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """query [N, H, d_k] -> slots [N, H, k], weights [N, H, k] (softmax over the k scores)."""
-        scores, slots = product_key_topk(query, self.keys.to(query.dtype), self.topk)
+    def forward(self, query: torch.Tensor, norm: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+        """query [N, H, d_k], normalised by `norm` -> slots [N, H, k], weights [N, H, k] (softmax over the
+        k scores)."""
+        keys = self.keys.to(query.dtype)
+        if one_call_retrieval(query, keys):
+            return kernel_retrieve(query, keys, self.topk, norm)
+        scores, slots = product_key_topk(normalize_query(query, norm), keys, self.topk)
         # softmax in at least fp32 (bf16 scores would round the weights)
         weights = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
         return slots, weights.to(query.dtype)
+
+
+def one_call_retrieval(query: torch.Tensor, keys: torch.Tensor) -> bool:
+    """Decode on the CPU: a few queries without gradients are bound by the number of ops, not their size,
+    so the kernels do norm, scores, selection and softmax in one call (eager only)."""
+    needs_grad = torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
+    return (not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS and kernels_support(query)
+            and not torch.compiler.is_compiling())
 
 
 class HeadwiseMemoryLayer(nn.Module):
@@ -49,8 +62,7 @@ class HeadwiseMemoryLayer(nn.Module):
 
     def retrieve(self, heads_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[..., H, d_h] attention outputs -> slots, weights [N, H, k] over the flattened positions."""
-        query = normalize_query(heads_output.reshape(-1, self.heads, self.head_dim), self.query_norm)
-        return self.retrieval(query)
+        return self.retrieval(heads_output.reshape(-1, self.heads, self.head_dim), self.query_norm)
 
     def forward(self, heads_output: torch.Tensor, shared_bank: torch.Tensor | None = None) -> torch.Tensor:
         slots, weights = self.retrieve(heads_output)
@@ -73,5 +85,5 @@ class ProductKeyMemory(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, shared_bank: torch.Tensor | None = None) -> torch.Tensor:
         query = self.query_proj(hidden_states).view(-1, self.heads, self.key_dim)
-        slots, weights = self.retrieval(normalize_query(query, self.query_norm))
+        slots, weights = self.retrieval(query, self.query_norm)
         return self.values(slots, weights, shared_bank).view(hidden_states.shape)

@@ -9,7 +9,8 @@ the final top-k.
 
 import torch
 
-from .cpu_kernels import select as kernel_selection, supports as kernels_support
+from .cpu_kernels import pair_scores_backward as kernel_pair_scores_backward, select as kernel_selection
+from .cpu_kernels import supports as kernels_support
 
 # a bound on the n*n grid (one bank row per slot: a bigger grid could never be allocated)
 MAX_SLOTS = torch.iinfo(torch.int32).max
@@ -70,8 +71,8 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
     scores = sub_key_scores(query, keys)
     with torch.no_grad():  # selection only: gradients flow through the gathered scores below
         best_scores, slots = (kernel_selection if kernel else reference_selection)(scores.detach(), topk)
-    if needs_grad:  # the same sums, now from the scores themselves
-        best_scores = PairScores.apply(scores, slots)
+    if needs_grad:  # the same sums, now with the score grid's gradient
+        best_scores = PairScores.apply(scores, slots, best_scores)
     return best_scores, slots
 
 
@@ -88,25 +89,29 @@ def reference_selection(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, 
 
 
 class PairScores(torch.autograd.Function):
-    """s_row[i] + s_col[j] of slots i*n + j, from the score grid [N, H, 2, n]. Its backward keeps only
-    the slots, which the pooling keeps anyway: torch's gather would keep the whole grid and the
-    sub-key ids as well (benchmarks/memory_cost.py)."""
+    """The selection's sums s_row[i] + s_col[j] of slots i*n + j, attached to the score grid [N, H, 2, n]:
+    the forward passes them through (the selection added the same two numbers), the backward sums each
+    winner's gradient into its two sub-keys. It keeps only the slots, which the pooling keeps anyway:
+    a gather from the grid would keep the whole grid and the sub-key ids (benchmarks/memory_cost.py)."""
 
     @staticmethod
-    def forward(ctx, scores, slots):
+    def forward(ctx, scores, slots, best_scores):
         ctx.save_for_backward(slots)
         ctx.grid_shape = scores.shape
-        rows, columns = sub_key_ids(slots, scores.shape[-1])
-        return scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)
+        return best_scores
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (slots,) = ctx.saved_tensors
-        rows, columns = sub_key_ids(slots, ctx.grid_shape[-1])
+        n = ctx.grid_shape[-1]
+        if kernels_support(grad) and not torch.compiler.is_compiling():
+            return kernel_pair_scores_backward(grad, slots, n), None, None
+        rows, columns = sub_key_ids(slots, n)
         grid = grad.new_zeros(ctx.grid_shape)
         grid[:, :, 0].scatter_add_(-1, rows, grad)
         grid[:, :, 1].scatter_add_(-1, columns, grad)
-        return grid, None
+        return grid, None, None
 
 
 def sub_key_ids(slots: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
