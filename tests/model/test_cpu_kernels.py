@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from midus.model import cpu_kernels
-from midus.model.hml import ProductKeys, normalize_query
-from midus.model.retrieval import PairScores, product_key_topk, reference_selection, sub_key_scores
+from midus.model.hml import ProductKeys
+from midus.model.retrieval import PairScores, normalize_query, product_key_topk, reference_selection, sub_key_scores
 from midus.model.values import gather_pool, pool
 from test_retrieval import exhaustive_topk
 

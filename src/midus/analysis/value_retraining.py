@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..model.hml import normalize_query
+from ..model.retrieval import normalize_query
 from ..model.values import HiveValues
 from .probes import NEGLIGIBLE_LOSS, Block, captured_retrieval, is_hive, memory_blocks, replayed_retrieval, scored_tokens, token_nll
 

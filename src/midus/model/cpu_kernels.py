@@ -611,7 +611,7 @@ NORMS = {"none": 0, "rms": 1, "layer": 2}
 
 def retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole retrieval of a few queries [N, H, d_k] without gradients, in one call: each query normalised
-    (`norm`: none, rms or layer, as `hml.normalize_query`), scored against its head's sub-keys [H, 2, n, d_k/2],
+    (`norm`: none, rms or layer, as `retrieval.normalize_query`), scored against its head's sub-keys [H, 2, n, d_k/2],
     its exact top-k selected and its scores softmaxed. Returns slots and weights [N, H, k]."""
     query, keys = query.contiguous(), keys.contiguous()
     tokens, heads, key_dim = query.shape

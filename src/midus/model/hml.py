@@ -1,21 +1,11 @@
 """The Head-wise Memory Layer (HML) and the classic product-key memory (PKM) baseline."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .cpu_kernels import retrieve as kernel_retrieve, supports as kernels_support
 from .retrieval import DECODE_MAX_TOKENS, product_key_topk
 from .values import SharedValues, build_values
-
-
-def normalize_query(query: torch.Tensor, kind: str) -> torch.Tensor:
-    """Parameter-free norm over each head's query (a learnable scale would duplicate the keys')."""
-    if kind == "rms":
-        return F.rms_norm(query, (query.shape[-1],))
-    if kind == "layer":
-        return F.layer_norm(query, (query.shape[-1],))
-    return query
 
 
 class ProductKeys(nn.Module):
@@ -32,7 +22,7 @@ class ProductKeys(nn.Module):
         keys = self.keys.to(query.dtype)
         if one_call_retrieval(query, keys):
             return kernel_retrieve(query, keys, self.topk, norm)
-        scores, slots = product_key_topk(normalize_query(query, norm), keys, self.topk)
+        scores, slots = product_key_topk(query, keys, self.topk, norm)
         # softmax in at least fp32 (bf16 scores would round the weights)
         weights = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
         return slots, weights.to(query.dtype)

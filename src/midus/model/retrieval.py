@@ -8,6 +8,7 @@ the final top-k.
 """
 
 import torch
+import torch.nn.functional as F
 
 from .cpu_kernels import pair_scores_backward as kernel_pair_scores_backward, select as kernel_selection
 from .cpu_kernels import supports as kernels_support
@@ -56,10 +57,20 @@ def sub_key_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return scores.view(heads, 2, n_tokens, n).permute(2, 0, 1, 3)
 
 
-def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def normalize_query(query: torch.Tensor, kind: str) -> torch.Tensor:
+    """Parameter-free norm over each head's query (a learnable scale would duplicate the keys')."""
+    if kind == "rms":
+        return F.rms_norm(query, (query.shape[-1],))
+    if kind == "layer":
+        return F.layer_norm(query, (query.shape[-1],))
+    return query
+
+
+def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int,
+                     norm: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k over the n*n product keys of every head.
 
-    query: [N, H, d_k]; keys: [H, 2, n, d_k/2].
+    query: [N, H, d_k], normalised first by `norm` (`normalize_query`); keys: [H, 2, n, d_k/2].
     Returns scores [N, H, topk] and slot ids [N, H, topk] in [0, n*n), in no particular order.
     On the CPU the selection is one kernel (cpu_kernels.select); elsewhere, and as its reference,
     PyTorch ops (`reference_selection`).
@@ -67,8 +78,8 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int) -> tupl
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
     kernel = kernels_support(query, half_precision=True)
     if not kernel and not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS:
-        return decode_topk(query, keys, topk)
-    scores = sub_key_scores(query, keys)
+        return decode_topk(normalize_query(query, norm), keys, topk)
+    scores = sub_key_scores(normalize_query(query, norm), keys)
     with torch.no_grad():  # selection only: gradients flow through the gathered scores below
         best_scores, slots = (kernel_selection if kernel else reference_selection)(scores.detach(), topk)
     if needs_grad:  # the same sums, now with the score grid's gradient
