@@ -290,3 +290,24 @@ def test_the_selection_compiles_as_one_custom_op():
         mine, expected = compiled(query), product_key_topk(query, keys, 4)
     torch._dynamo.reset()
     assert all(torch.equal(a, b) for a, b in zip(mine, expected))
+
+
+def test_decode_retrieval_and_pooling_compile_as_custom_ops():
+    torch._dynamo.reset()
+    retrieval = ProductKeys(3, 16, 8, 4)
+    torch.nn.init.normal_(retrieval.keys)
+    bank = torch.randn(64, 5)
+
+    def decode(query):
+        slots, weights = retrieval(query, "rms")
+        return slots, weights, pool(bank, slots.flatten(0, 1), weights.flatten(0, 1))
+
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+    query = torch.randn(2, 3, 16)
+    with torch.no_grad():
+        mine, expected = compiled(query), decode(query)
+        graph = torch._dynamo.explain(decode)(query)
+    torch._dynamo.reset()
+    assert all(torch.equal(a, b) for a, b in zip(mine, expected))
+    ops = str(graph.graphs[0].graph)
+    assert "midus.retrieve_" in ops and "midus.pool_" in ops and "embedding_bag" not in ops

@@ -16,8 +16,9 @@ clang++) into midus's cache (`$MIDUS_CACHE/kernels`, else ~/.cache/midus/kernels
 source, the compiler and the CPU, and loaded with ctypes: no PyTorch headers, seconds to build.
 Where no compiler works, or with MIDUS_CPU_KERNELS=0, the memory layer runs its PyTorch reference
 path (retrieval.py, values.py), which the tests hold these kernels equal to. Under torch.compile the
-selection is a custom op (`torch.ops.midus.product_key_select_<hash>`), opaque to the compiler; the
-pooling is embedding_bag there.
+selection, the one-call retrieval and the pooling without a gradient are custom ops
+(`torch.ops.midus.select_<hash>`, `retrieve_<hash>`, `pool_<hash>`), opaque to the compiler; a compiled
+training step pools with embedding_bag.
 
 This file ships with every MIDUS checkpoint, as the rest of this folder.
 """
@@ -536,22 +537,49 @@ def _select(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor
     return best, slots
 
 
-def _register_select():
-    """`_select` as a custom op for torch.compile, once per process and version of this file (every
-    checkpoint loads its own copy of this folder)."""
-    name = "product_key_select_" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+def _pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    bank, slots, weights = (t.contiguous() for t in (bank, slots, weights))
+    out = bank.new_empty(slots.shape[0], bank.shape[1])
+    status = getattr(library(), f"midus_pool_forward_{DTYPES[bank.dtype]}")(
+        bank.data_ptr(), bank.shape[0], bank.shape[1], slots.data_ptr(), weights.data_ptr(), slots.shape[0],
+        slots.shape[1], out.data_ptr(), torch.get_num_threads())
+    if status:
+        raise IndexError(f"a slot outside the bank's {bank.shape[0]} rows")
+    return out
+
+
+NORMS = {"none": 0, "rms": 1, "layer": 2}
+
+
+def _retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    query, keys = query.contiguous(), keys.contiguous()
+    tokens, heads, key_dim = query.shape
+    n = keys.shape[2]
+    eps = torch.finfo(query.dtype).eps if norm == "rms" else 1e-5  # F.rms_norm's and F.layer_norm's defaults
+    slots = torch.empty(tokens, heads, topk, dtype=torch.long)
+    weights = query.new_empty(tokens, heads, topk)
+    status = getattr(library(), f"midus_retrieve_{DTYPES[query.dtype]}")(
+        query.data_ptr(), keys.data_ptr(), tokens, heads, key_dim, n, topk, NORMS[norm], eps, slots.data_ptr(),
+        weights.data_ptr(), torch.get_num_threads())
+    if status:
+        raise ValueError(f"top-k {topk} must be between 1 and the {n} sub-keys of a half")
+    return slots, weights
+
+
+def _custom_op(function, fake):
+    """`function` as a custom op for torch.compile (opaque to the compiler, `fake` gives its output shapes), once
+    per process and version of this file: every checkpoint loads its own copy of this folder."""
+    name = function.__name__.strip("_") + "_" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
     if not hasattr(torch.ops.midus, name):
-        op = torch.library.custom_op(f"midus::{name}", _select, mutates_args=())
-
-        @op.register_fake
-        def _(scores, topk):
-            tokens, heads = scores.shape[:2]
-            return scores.new_empty(tokens, heads, topk), scores.new_empty(tokens, heads, topk, dtype=torch.long)
-
+        torch.library.custom_op(f"midus::{name}", function, mutates_args=()).register_fake(fake)
     return getattr(torch.ops.midus, name)
 
 
-_select_op = _register_select()
+_select_op = _custom_op(_select, lambda scores, topk: (scores.new_empty(*scores.shape[:2], topk),
+                                                       scores.new_empty(*scores.shape[:2], topk, dtype=torch.long)))
+_pool_op = _custom_op(_pool, lambda bank, slots, weights: bank.new_empty(slots.shape[0], bank.shape[1]))
+_retrieve_op = _custom_op(_retrieve, lambda query, keys, topk, norm: (
+    query.new_empty(*query.shape[:2], topk, dtype=torch.long), query.new_empty(*query.shape[:2], topk)))
 
 
 def select(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -561,21 +589,19 @@ def select(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]
     if scores.dtype in HALF_DTYPES:  # select on the exact sums; return them rounded as PyTorch's adds would
         best, slots = select(scores.float(), topk)
         return best.to(scores.dtype), slots
-    if torch.compiler.is_compiling():
-        return _select_op(scores, topk)
-    return _select(scores, topk)
+    return (_select_op if torch.compiler.is_compiling() else _select)(scores, topk)
 
 
 def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_t weights[b, t] * bank[slots[b, t]]: [bags, dim] (embedding_bag's weighted sum)."""
-    bank, slots, weights = (t.contiguous() for t in (bank, slots, weights))
-    out = bank.new_empty(slots.shape[0], bank.shape[1])
-    status = getattr(library(), f"midus_pool_forward_{DTYPES[bank.dtype]}")(
-        bank.data_ptr(), bank.shape[0], bank.shape[1], slots.data_ptr(), weights.data_ptr(), slots.shape[0],
-        slots.shape[1], out.data_ptr(), torch.get_num_threads())
-    if status:
-        raise IndexError(f"a slot outside the bank's {bank.shape[0]} rows")
-    return out
+    """sum_t weights[b, t] * bank[slots[b, t]]: [bags, dim] (embedding_bag's weighted sum; no gradient)."""
+    return (_pool_op if torch.compiler.is_compiling() else _pool)(bank, slots, weights)
+
+
+def retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole retrieval of a few queries [N, H, d_k] without gradients, in one call: each query normalised
+    (`norm`: none, rms or layer, as `retrieval.normalize_query`), scored against its head's sub-keys [H, 2, n, d_k/2],
+    its exact top-k selected and its scores softmaxed. Returns slots and weights [N, H, k]."""
+    return (_retrieve_op if torch.compiler.is_compiling() else _retrieve)(query, keys, topk, norm)
 
 
 def pool_backward(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor,
@@ -604,24 +630,3 @@ def pair_scores_backward(grad: torch.Tensor, slots: torch.Tensor, n: int) -> tor
     if status:
         raise IndexError(f"a slot outside the {n} x {n} grid")
     return grid
-
-
-NORMS = {"none": 0, "rms": 1, "layer": 2}
-
-
-def retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole retrieval of a few queries [N, H, d_k] without gradients, in one call: each query normalised
-    (`norm`: none, rms or layer, as `retrieval.normalize_query`), scored against its head's sub-keys [H, 2, n, d_k/2],
-    its exact top-k selected and its scores softmaxed. Returns slots and weights [N, H, k]."""
-    query, keys = query.contiguous(), keys.contiguous()
-    tokens, heads, key_dim = query.shape
-    n = keys.shape[2]
-    eps = torch.finfo(query.dtype).eps if norm == "rms" else 1e-5  # F.rms_norm's and F.layer_norm's defaults
-    slots = torch.empty(tokens, heads, topk, dtype=torch.long)
-    weights = query.new_empty(tokens, heads, topk)
-    status = getattr(library(), f"midus_retrieve_{DTYPES[query.dtype]}")(
-        query.data_ptr(), keys.data_ptr(), tokens, heads, key_dim, n, topk, NORMS[norm], eps, slots.data_ptr(),
-        weights.data_ptr(), torch.get_num_threads())
-    if status:
-        raise ValueError(f"top-k {topk} must be between 1 and the {n} sub-keys of a half")
-    return slots, weights

@@ -30,10 +30,9 @@ class ProductKeys(nn.Module):
 
 def one_call_retrieval(query: torch.Tensor, keys: torch.Tensor) -> bool:
     """Decode on the CPU: a few queries without gradients are bound by the number of ops, not their size,
-    so the kernels do norm, scores, selection and softmax in one call (eager only)."""
+    so the kernels do norm, scores, selection and softmax in one call (compiled: one custom op)."""
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
-    return (not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS and kernels_support(query)
-            and not torch.compiler.is_compiling())
+    return not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS and kernels_support(query)
 
 
 class HeadwiseMemoryLayer(nn.Module):

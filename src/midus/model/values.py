@@ -37,8 +37,8 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torc
     backward = torch.is_grad_enabled() and (bank.requires_grad or weights.requires_grad)
     if float32_backward(bank.device.type, bank.dtype, backward):
         return F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
-    # eager on the CPU: the kernels (a compiled graph, torch.compile, takes embedding_bag itself)
-    if kernels_support(bank) and not torch.compiler.is_compiling():
+    # on the CPU the kernels (compiled: a custom op, without a gradient; with one, embedding_bag)
+    if kernels_support(bank) and not (backward and torch.compiler.is_compiling()):
         return KernelPool.apply(bank, slots, weights) if backward else kernel_pool(bank, slots, weights)
     return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
 
