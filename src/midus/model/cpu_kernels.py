@@ -222,6 +222,13 @@ int select(const T* scores, int64_t tokens, int64_t heads, int64_t token_stride,
     return 0;
 }
 
+// every slot in [0, bound): the kernels index tables with them
+inline bool slots_within(const int64_t* slots, int64_t count, int64_t bound) {
+    for (int64_t i = 0; i < count; ++i)
+        if (slots[i] < 0 || slots[i] >= bound) return false;
+    return true;
+}
+
 // rows are read at random: each loop asks for the row AHEAD retrievals on (its first cache line, the
 // hardware fetches the rest) while it works on this one
 constexpr int64_t AHEAD = 8;
@@ -248,8 +255,7 @@ T dot(const T* x, const T* y, int64_t size) {
 template <typename T>
 int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
                  int64_t bags, int64_t bag_size, T* out, int threads) {
-    for (int64_t i = 0; i < bags * bag_size; ++i)
-        if (slots[i] < 0 || slots[i] >= n_slots) return 1;
+    if (!slots_within(slots, bags * bag_size, n_slots)) return 1;
     parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
             T* __restrict sum = out + b * dim;
@@ -272,8 +278,7 @@ int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slo
 template <typename T>
 int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
                   int64_t bags, int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, int threads) {
-    for (int64_t i = 0; i < bags * bag_size; ++i)
-        if (slots[i] < 0 || slots[i] >= n_slots) return 1;
+    if (!slots_within(slots, bags * bag_size, n_slots)) return 1;
     int64_t blocks = (dim + 15) / 16;
     if (grad_bank && grad_weights && std::min<int64_t>(threads, blocks) <= 1) {
         for (int64_t b = 0; b < bags; ++b)
@@ -365,8 +370,7 @@ int retrieve(const T* query, const T* keys, int64_t tokens, int64_t heads, int k
 // given grad [rows, k]: the score grid's gradient [rows, 2, n] (zeroed here, then summed into; by rows)
 template <typename T>
 int pair_scores_backward(const T* grad, const int64_t* slots, int64_t rows, int n, int k, T* grid, int threads) {
-    for (int64_t i = 0; i < rows * k; ++i)
-        if (slots[i] < 0 || slots[i] >= int64_t(n) * n) return 1;
+    if (!slots_within(slots, rows * k, int64_t(n) * n)) return 1;
     parallel(rows, threads, 256, [=](int64_t begin, int64_t end) {
         for (int64_t m = begin; m < end; ++m) {
             T* __restrict g = grid + m * 2 * n;
@@ -566,10 +570,13 @@ def _retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> 
     return slots, weights
 
 
+FILE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 def _custom_op(function, fake):
     """`function` as a custom op for torch.compile (opaque to the compiler, `fake` gives its output shapes), once
     per process and version of this file: every checkpoint loads its own copy of this folder."""
-    name = function.__name__.strip("_") + "_" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    name = f"{function.__name__.strip('_')}_{FILE_HASH}"
     if not hasattr(torch.ops.midus, name):
         torch.library.custom_op(f"midus::{name}", function, mutates_args=()).register_fake(fake)
     return getattr(torch.ops.midus, name)

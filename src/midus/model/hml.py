@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from .cpu_kernels import retrieve as kernel_retrieve, supports as kernels_support
-from .retrieval import DECODE_MAX_TOKENS, product_key_topk
+from .retrieval import DECODE_MAX_TOKENS, needs_gradient, product_key_topk
 from .values import SharedValues, build_values
 
 
@@ -31,8 +31,7 @@ class ProductKeys(nn.Module):
 def one_call_retrieval(query: torch.Tensor, keys: torch.Tensor) -> bool:
     """Decode on the CPU: a few queries without gradients are bound by the number of ops, not their size,
     so the kernels do norm, scores, selection and softmax in one call (compiled: one custom op)."""
-    needs_grad = torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
-    return not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS and kernels_support(query)
+    return not needs_gradient(query, keys) and query.shape[0] <= DECODE_MAX_TOKENS and kernels_support(query)
 
 
 class HeadwiseMemoryLayer(nn.Module):

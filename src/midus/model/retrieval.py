@@ -57,6 +57,11 @@ def sub_key_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return scores.view(heads, 2, n_tokens, n).permute(2, 0, 1, 3)
 
 
+def needs_gradient(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an op on these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def normalize_query(query: torch.Tensor, kind: str) -> torch.Tensor:
     """Parameter-free norm over each head's query (a learnable scale would duplicate the keys')."""
     if kind == "rms":
@@ -75,7 +80,7 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int,
     On the CPU the selection is one kernel (cpu_kernels.select); elsewhere, and as its reference,
     PyTorch ops (`reference_selection`).
     """
-    needs_grad = torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)
+    needs_grad = needs_gradient(query, keys)
     kernel = kernels_support(query, half_precision=True)
     if not kernel and not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS:
         return decode_topk(normalize_query(query, norm), keys, topk)

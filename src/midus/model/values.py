@@ -10,6 +10,7 @@ from packaging.version import Version
 from torch import nn
 
 from .cpu_kernels import pool as kernel_pool, pool_backward as kernel_pool_backward, supports as kernels_support
+from .retrieval import needs_gradient
 
 # weighted embedding_bag has forward and backward kernels for these; elsewhere (e.g. mps) we gather
 EMBEDDING_BAG_DEVICES = ("cpu", "cuda")
@@ -34,7 +35,7 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torc
     weights = weights.to(bank.dtype)
     if not embedding_bag_supported(bank.device.type, bank.dtype):
         return gather_pool(bank, slots, weights)
-    backward = torch.is_grad_enabled() and (bank.requires_grad or weights.requires_grad)
+    backward = needs_gradient(bank, weights)
     if float32_backward(bank.device.type, bank.dtype, backward):
         return F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
     # on the CPU the kernels (compiled: a custom op, without a gradient; with one, embedding_bag)
