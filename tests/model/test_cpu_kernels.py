@@ -13,7 +13,7 @@ import torch
 
 from midus.model import cpu_kernels
 from midus.model.hml import ProductKeys
-from midus.model.retrieval import PairScores, normalize_query, product_key_topk, reference_selection, sub_key_scores
+from midus.model.retrieval import normalize_query, product_key_topk, reference_selection, sub_key_scores
 from midus.model.values import gather_pool, pool
 from test_retrieval import exhaustive_topk
 
@@ -85,7 +85,8 @@ def test_pool_backward_equals_autograd_through_the_gather(dtype, n_slots, dim):
     slots[:4] = 3  # one slot many times, also within a bag
     weights = torch.rand(bags, bag_size, dtype=dtype)
     grad = torch.randn(bags, dim, dtype=dtype)
-    grad_bank, grad_weights = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+    grad_bank, grad_weights, none = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+    assert none is None
     leaves = bank.clone().requires_grad_(), weights.clone().requires_grad_()
     expected = torch.autograd.grad(gather_pool(leaves[0], slots, leaves[1]), leaves, grad)
     tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
@@ -95,6 +96,11 @@ def test_pool_backward_equals_autograd_through_the_gather(dtype, n_slots, dim):
     only_weights = cpu_kernels.pool_backward(bank, slots, weights, grad, False, True)
     assert only_bank[1] is None and torch.equal(only_bank[0], grad_bank)
     assert only_weights[0] is None and torch.equal(only_weights[1], grad_weights)
+    # the pooled rows again, read in the same pass: pool's, bit for bit, with or without the other gradients
+    for bank_grad, weights_grad in [(True, True), (False, True), (False, False)]:
+        again = cpu_kernels.pool_backward(bank, slots, weights, grad, bank_grad, weights_grad, pooled=True)
+        assert torch.equal(again[2], cpu_kernels.pool(bank, slots, weights))
+        assert torch.equal(again[0], grad_bank) if bank_grad else again[0] is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -119,10 +125,11 @@ def test_pool_backward_over_threads_equals_one_thread():
     try:
         for count in (1, 3):
             torch.set_num_threads(count)
-            results[count] = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True)
+            results[count] = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True, pooled=True)
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(results[1], results[3]))  # the same sums in the same order
+    assert torch.equal(results[1][2], cpu_kernels.pool(bank, slots, weights))
 
 
 def test_pool_backward_refuses_a_slot_outside_the_bank():
@@ -135,7 +142,8 @@ def test_pool_takes_the_kernel_backward_on_the_cpu_and_matches_the_reference(mon
     import midus.model.values as values_module
 
     calls = []
-    monkeypatch.setattr(values_module, "kernel_pool_backward", lambda *args: calls.append(1) or cpu_kernels.pool_backward(*args))
+    monkeypatch.setattr(values_module, "kernel_pool_backward",
+                        lambda *args, **kwargs: calls.append(1) or cpu_kernels.pool_backward(*args, **kwargs))
     bank = torch.randn(64, 8, dtype=torch.float64, requires_grad=True)
     slots, weights = torch.randint(0, 64, (9, 4)), torch.rand(9, 4, dtype=torch.float64, requires_grad=True)
     grads = torch.autograd.grad(pool(bank, slots, weights).square().sum(), (bank, weights))
@@ -156,8 +164,6 @@ def test_pair_scores_backward_equals_the_scatter_into_the_grid(dtype):
     through_gather = scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)
     expected = torch.autograd.grad(through_gather, scores, grad)[0]
     torch.testing.assert_close(cpu_kernels.pair_scores_backward(grad, slots, 16), expected, rtol=0, atol=0)
-    summed = PairScores.apply(scores, slots, through_gather.detach())  # the autograd function's backward
-    torch.testing.assert_close(torch.autograd.grad(summed, scores, grad)[0], expected, rtol=0, atol=0)
     with pytest.raises(IndexError, match="outside the 16 x 16 grid"):
         cpu_kernels.pair_scores_backward(grad[:1, :1], torch.full((1, 1, 8), 256), 16)
 

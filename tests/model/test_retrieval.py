@@ -3,7 +3,8 @@ import torch
 
 from midus.model import cpu_kernels
 from midus.model.hml import ProductKeys
-from midus.model.retrieval import DECODE_MAX_TOKENS, pair_sums, product_key_topk, staircase, staircase_ranks
+from midus.model.retrieval import (DECODE_MAX_TOKENS, normalize_query, pair_sums, product_key_topk, staircase,
+                                   staircase_ranks)
 
 
 @pytest.fixture(autouse=True, params=["kernel", "pytorch"])
@@ -58,21 +59,25 @@ def test_pair_sums_add_each_pair_once_in_staircase_order_and_the_ranks_name_the_
     torch.testing.assert_close(pair_sums(rows, columns, 8), rows[..., ranks[0]] + columns[..., ranks[1]], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("norm", ["none", "rms", "layer"])
 @pytest.mark.parametrize("n_tokens", [DECODE_MAX_TOKENS + 1, 40])
-def test_training_and_inference_retrieval_agree_exactly_and_gradients_match_the_exhaustive_ones(n_tokens):
-    """Inference takes the scores from the selection itself, training re-gathers them from the
-    score grid (for the gradient): the same sums, bit for bit."""
+def test_training_and_inference_retrieval_agree_exactly_and_gradients_match_the_exhaustive_ones(n_tokens, norm):
+    """Training and inference select the same slots with the same sums, bit for bit; training's gradient
+    (the score grid's by hand, the query normalised again in the backward) is autograd's through the norm
+    and the exhaustive top-k."""
     torch.manual_seed(n_tokens)
-    query = torch.randn(n_tokens, 3, 16, dtype=torch.float64, requires_grad=True)
+    query = 2 * torch.randn(n_tokens, 3, 16, dtype=torch.float64) + 0.5
+    query.requires_grad_()
     keys = torch.randn(3, 2, 16, 8, dtype=torch.float64, requires_grad=True)
     with torch.no_grad():
-        scores_inference, slots_inference = product_key_topk(query, keys, 8)
-    scores, slots = product_key_topk(query, keys, 8)
+        scores_inference, slots_inference = product_key_topk(query, keys, 8, norm)
+    scores, slots = product_key_topk(query, keys, 8, norm)
     assert torch.equal(slots, slots_inference) and torch.equal(scores, scores_inference)
     weights = torch.arange(8, dtype=torch.float64)
     order = scores.argsort(dim=-1, descending=True)
     ours = torch.autograd.grad((scores.gather(-1, order) * weights).sum(), (query, keys))
-    reference = torch.autograd.grad((exhaustive_topk(query, keys, 8).values * weights).sum(), (query, keys))
+    best = exhaustive_topk(normalize_query(query, norm), keys, 8).values
+    reference = torch.autograd.grad((best * weights).sum(), (query, keys))
     for mine, theirs in zip(ours, reference):
         torch.testing.assert_close(mine, theirs)
 

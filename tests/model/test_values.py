@@ -29,6 +29,68 @@ def test_hive_pool_then_project_equals_project_every_row():
     torch.testing.assert_close(out, reference)
 
 
+@pytest.mark.parametrize("kernels", ["1", "0"])
+@pytest.mark.parametrize("head_mask", [None, torch.tensor([1.0, 0.0, 0.5, 2.0])])
+def test_hive_gradients_equal_autograd_through_the_gather_and_keep_no_latents(kernels, head_mask, monkeypatch):
+    """HIVE's pooling and projection as one op (on the CPU kernels: the backward pools the latents again
+    instead of keeping them) against autograd through the gather: output and every gradient, mask included."""
+    monkeypatch.setenv("MIDUS_CPU_KERNELS", kernels)
+    torch.manual_seed(3)
+    heads, latent, hidden, n_slots, k, n_tokens = 4, 8, 24, 64, 5, 11
+    values = HiveValues(n_slots, heads, latent, hidden).double()
+    torch.nn.init.normal_(values.bank)
+    torch.nn.init.normal_(values.proj.weight)
+    slots, weights = retrieval(n_tokens, heads, n_slots, k)
+    weights.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        out = values(slots, weights, head_mask=head_mask)
+    grads = torch.autograd.grad(out.square().sum(), (values.bank, values.proj.weight, weights))
+
+    mask = torch.ones(heads, dtype=torch.float64) if head_mask is None else head_mask.double()
+    latents = gather_pool(values.bank, slots, weights) * mask[:, None]  # z_h: [N, H, r]
+    reference = latents.flatten(1) @ values.proj.weight.T
+    expected = torch.autograd.grad(reference.square().sum(), (values.bank, values.proj.weight, weights))
+    torch.testing.assert_close(out, reference)
+    for mine, theirs in zip(grads, expected):
+        torch.testing.assert_close(mine, theirs)
+    if kernels == "1":
+        assert (n_tokens * heads, latent) not in saved and (n_tokens, heads * latent) not in saved
+
+
+def test_hive_under_autocast_takes_the_gradients_of_the_unfused_path(monkeypatch):
+    """bfloat16 autocast on the CPU: the projection in bf16 within the one op; its gradients are the plain
+    path's (pooling, then an autocast Linear)."""
+    torch.manual_seed(4)
+    values = HiveValues(64, 4, 8, 24)
+    torch.nn.init.normal_(values.bank)
+    torch.nn.init.normal_(values.proj.weight)
+    slots, weights = retrieval(11, 4, 64, 5)
+    weights = weights.float().requires_grad_()
+    grads = {}
+    for kernels in ("1", "0"):
+        monkeypatch.setenv("MIDUS_CPU_KERNELS", kernels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = values(slots, weights)
+        assert out.dtype == torch.bfloat16
+        grads[kernels] = torch.autograd.grad(out.float().square().sum(), (values.bank, values.proj.weight, weights))
+    for fused, plain in zip(grads["1"], grads["0"]):
+        assert fused.dtype == plain.dtype == torch.float32
+        torch.testing.assert_close(fused, plain, atol=2e-2, rtol=2e-2)
+
+
+def test_hive_calls_a_wrapped_projection():
+    """A projection that is not the plain Linear (LoRA, a forward hook) is called as a module."""
+    values = HiveValues(16, 2, 4, 6).double()
+    torch.nn.init.normal_(values.bank)
+    slots, weights = retrieval(3, 2, 16, 2, seed=6)
+    plain = values(slots, weights)
+    calls = []
+    values.proj.register_forward_hook(lambda module, args, out: calls.append(1) or 2 * out)
+    torch.testing.assert_close(values(slots, weights), 2 * plain)
+    assert calls == [1]
+
+
 def test_per_head_tables_are_independent_and_concatenated():
     heads, head_dim, n_slots, k = 3, 4, 16, 2
     values = PerHeadValues(n_slots, heads, head_dim).double()

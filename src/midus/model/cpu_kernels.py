@@ -271,15 +271,42 @@ int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slo
     return 0;
 }
 
+// one retrieved row's share of pool_backward: returns <value, g> (dot()'s running sums), adds w g to its
+// gradient row and (with POOL) w value to the pooled sum
+template <bool POOL, typename T>
+inline T dot_and_scatter(const T* __restrict value, const T* __restrict g, T w, T* __restrict row,
+                         T* __restrict sum, int64_t dim) {
+    T sums[16] = {};
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16)
+        for (int j = 0; j < 16; ++j) {
+            sums[j] += value[d + j] * g[d + j];
+            row[d + j] += w * g[d + j];
+            if (POOL) sum[d + j] += w * value[d + j];
+        }
+    for (; d < dim; ++d) {
+        sums[0] += value[d] * g[d];
+        row[d] += w * g[d];
+        if (POOL) sum[d] += w * value[d];
+    }
+    T total = 0;
+    for (int j = 0; j < 16; ++j) total += sums[j];
+    return total;
+}
+
 // gradients of out[b] = sum_t weights[b, t] * bank[slots[b, t]] given grad = d loss / d out [bags, dim]:
 // grad_weights[b, t] = <bank[slots[b, t]], grad[b]>, grad_bank[slot] += weights[b, t] * grad[b]. grad_bank
-// comes zeroed. On one thread both in one pass over the retrieved rows; on more, the weights' by bags and
-// the bank's by column blocks (no two threads write one row): the same sums in the same order either way.
+// comes zeroed. With `out`, out[b] again, from the rows the weights' gradient reads anyway (a caller that
+// needs it in its backward need not keep it). On one thread all in one pass over the retrieved rows; on more,
+// the weights' (and out) by bags and the bank's by column blocks (no two threads write one row): the same
+// sums in the same order either way, and out's as pool_forward's.
 template <typename T>
 int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
-                  int64_t bags, int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, int threads) {
+                  int64_t bags, int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, T* out,
+                  int threads) {
     if (!slots_within(slots, bags * bag_size, n_slots)) return 1;
     int64_t blocks = (dim + 15) / 16;
+    if (out) std::fill(out, out + bags * dim, T(0));
     if (grad_bank && grad_weights && std::min<int64_t>(threads, blocks) <= 1) {
         for (int64_t b = 0; b < bags; ++b)
             for (int64_t t = 0; t < bag_size; ++t) {
@@ -289,29 +316,25 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
                 const T* __restrict value = bank + slots[i] * dim;
                 const T* __restrict g = grad + b * dim;
                 T* __restrict row = grad_bank + slots[i] * dim;
-                T w = weights[i], sums[16] = {};  // dot()'s running sums
-                int64_t d = 0;
-                for (; d + 16 <= dim; d += 16)
-                    for (int j = 0; j < 16; ++j) {
-                        sums[j] += value[d + j] * g[d + j];
-                        row[d + j] += w * g[d + j];
-                    }
-                for (; d < dim; ++d) {
-                    sums[0] += value[d] * g[d];
-                    row[d] += w * g[d];
-                }
-                T total = 0;
-                for (int j = 0; j < 16; ++j) total += sums[j];
-                grad_weights[i] = total;
+                T w = weights[i];
+                grad_weights[i] = out ? dot_and_scatter<true, T>(value, g, w, row, out + b * dim, dim)
+                                      : dot_and_scatter<false, T>(value, g, w, row, nullptr, dim);
             }
         return 0;
     }
-    if (grad_weights)
+    if (grad_weights || out)
         parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
             for (int64_t b = begin; b < end; ++b)
                 for (int64_t t = 0; t < bag_size; ++t) {
-                    prefetch(bank, slots, b * bag_size + t, bags * bag_size, dim);
-                    grad_weights[b * bag_size + t] = dot(bank + slots[b * bag_size + t] * dim, grad + b * dim, dim);
+                    int64_t i = b * bag_size + t;
+                    prefetch(bank, slots, i, bags * bag_size, dim);
+                    const T* value = bank + slots[i] * dim;
+                    if (grad_weights) grad_weights[i] = dot(value, grad + b * dim, dim);
+                    if (out) {
+                        T* __restrict sum = out + b * dim;
+                        T w = weights[i];
+                        for (int64_t d = 0; d < dim; ++d) sum[d] += w * value[d];
+                    }
                 }
         });
     if (grad_bank)
@@ -400,9 +423,9 @@ int pair_scores_backward(const T* grad, const int64_t* slots, int64_t rows, int 
     }                                                                                                             \
     int midus_pool_backward_##suffix(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots,           \
                                      const T* weights, int64_t bags, int64_t bag_size, const T* grad,             \
-                                     T* grad_bank, T* grad_weights, int threads) {                                \
+                                     T* grad_bank, T* grad_weights, T* out, int threads) {                        \
         return pool_backward(bank, n_slots, dim, slots, weights, bags, bag_size, grad, grad_bank, grad_weights,   \
-                             threads);                                                                            \
+                             out, threads);                                                                       \
     }                                                                                                             \
     int midus_retrieve_##suffix(const T* query, const T* keys, int64_t tokens, int64_t heads, int key_dim, int n,  \
                                 int k, int norm, double eps, int64_t* slots, T* weights, int threads) {           \
@@ -504,7 +527,7 @@ def load(path: Path) -> ctypes.CDLL:
         forward.argtypes = [pointer, i64, i64, pointer, pointer, i64, i64, pointer, i32]
         forward.restype = i32
         backward = getattr(library, f"midus_pool_backward_{suffix}")
-        backward.argtypes = [pointer, i64, i64, pointer, pointer, i64, i64, pointer, pointer, pointer, i32]
+        backward.argtypes = [pointer, i64, i64, pointer, pointer, i64, i64, pointer, pointer, pointer, pointer, i32]
         backward.restype = i32
         retrieve = getattr(library, f"midus_retrieve_{suffix}")
         retrieve.argtypes = [pointer, pointer, i64, i64, i32, i32, i32, i32, ctypes.c_double, pointer, pointer, i32]
@@ -555,11 +578,16 @@ def _pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> tor
 NORMS = {"none": 0, "rms": 1, "layer": 2}
 
 
+def norm_eps(kind: str, dtype: torch.dtype) -> float:
+    """The eps of the query norms: F.rms_norm's default (the dtype's) and F.layer_norm's (1e-5)."""
+    return torch.finfo(dtype).eps if kind == "rms" else 1e-5
+
+
 def _retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     query, keys = query.contiguous(), keys.contiguous()
     tokens, heads, key_dim = query.shape
     n = keys.shape[2]
-    eps = torch.finfo(query.dtype).eps if norm == "rms" else 1e-5  # F.rms_norm's and F.layer_norm's defaults
+    eps = norm_eps(norm, query.dtype)
     slots = torch.empty(tokens, heads, topk, dtype=torch.long)
     weights = query.new_empty(tokens, heads, topk)
     status = getattr(library(), f"midus_retrieve_{DTYPES[query.dtype]}")(
@@ -612,18 +640,21 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> t
 
 
 def pool_backward(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor,
-                  bank_grad: bool, weights_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of `sum_t weights[b, t] * bank[slots[b, t]]` for the bank and the weights."""
+                  bank_grad: bool, weights_grad: bool, pooled: bool = False
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of `sum_t weights[b, t] * bank[slots[b, t]]` for the bank and the weights, and (`pooled`)
+    that sum again, read in the same pass (what `pool` gives, bit for bit)."""
     bank, slots, weights, grad = (t.contiguous() for t in (bank, slots, weights, grad))
     grad_bank = torch.zeros_like(bank) if bank_grad else None
     grad_weights = torch.empty_like(weights) if weights_grad else None
+    out = bank.new_empty(slots.shape[0], bank.shape[1]) if pooled else None
     status = getattr(library(), f"midus_pool_backward_{DTYPES[bank.dtype]}")(
         bank.data_ptr(), bank.shape[0], bank.shape[1], slots.data_ptr(), weights.data_ptr(), slots.shape[0],
-        slots.shape[1], grad.data_ptr(), grad_bank.data_ptr() if bank_grad else None,
-        grad_weights.data_ptr() if weights_grad else None, torch.get_num_threads())
+        slots.shape[1], grad.data_ptr(), *(t.data_ptr() if t is not None else None for t in (grad_bank, grad_weights, out)),
+        torch.get_num_threads())
     if status:
         raise IndexError(f"a slot outside the bank's {bank.shape[0]} rows")
-    return grad_bank, grad_weights
+    return grad_bank, grad_weights, out
 
 
 def pair_scores_backward(grad: torch.Tensor, slots: torch.Tensor, n: int) -> torch.Tensor:

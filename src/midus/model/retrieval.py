@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_kernels import pair_scores_backward as kernel_pair_scores_backward, select as kernel_selection
-from .cpu_kernels import supports as kernels_support
+from .cpu_kernels import norm_eps, supports as kernels_support
 
 # a bound on the n*n grid (one bank row per slot: a bigger grid could never be allocated)
 MAX_SLOTS = torch.iinfo(torch.int32).max
@@ -80,16 +80,13 @@ def product_key_topk(query: torch.Tensor, keys: torch.Tensor, topk: int,
     On the CPU the selection is one kernel (cpu_kernels.select); elsewhere, and as its reference,
     PyTorch ops (`reference_selection`).
     """
-    needs_grad = needs_gradient(query, keys)
     kernel = kernels_support(query, half_precision=True)
-    if not kernel and not needs_grad and query.shape[0] <= DECODE_MAX_TOKENS:
+    if needs_gradient(query, keys):
+        return ProductKeyScores.apply(query, keys, topk, norm, kernel)
+    if not kernel and query.shape[0] <= DECODE_MAX_TOKENS:
         return decode_topk(normalize_query(query, norm), keys, topk)
     scores = sub_key_scores(normalize_query(query, norm), keys)
-    with torch.no_grad():  # selection only: gradients flow through the gathered scores below
-        best_scores, slots = (kernel_selection if kernel else reference_selection)(scores.detach(), topk)
-    if needs_grad:  # the same sums, now with the score grid's gradient
-        best_scores = PairScores.apply(scores, slots, best_scores)
-    return best_scores, slots
+    return (kernel_selection if kernel else reference_selection)(scores, topk)
 
 
 def reference_selection(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,30 +101,64 @@ def reference_selection(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, 
     return best_scores, ids[:, :, 0] * n + ids[:, :, 1]
 
 
-class PairScores(torch.autograd.Function):
-    """The selection's sums s_row[i] + s_col[j] of slots i*n + j, attached to the score grid [N, H, 2, n]:
-    the forward passes them through (the selection added the same two numbers), the backward sums each
-    winner's gradient into its two sub-keys. It keeps only the slots, which the pooling keeps anyway:
-    a gather from the grid would keep the whole grid and the sub-key ids (benchmarks/memory_cost.py)."""
+class ProductKeyScores(torch.autograd.Function):
+    """`product_key_topk` with a gradient: the winners' sums s_row[i] + s_col[j], differentiable in the query and
+    the keys. It keeps the query before its norm (the attention keeps it too, for its own backward), the keys
+    and the slots (the pooling keeps them too); the backward normalises the query again, which is cheap, rather
+    than keeping it, and never keeps the [N, H, 2, n] score grid (benchmarks/memory_cost.py)."""
 
     @staticmethod
-    def forward(ctx, scores, slots, best_scores):
-        ctx.save_for_backward(slots)
-        ctx.grid_shape = scores.shape
-        return best_scores
+    def forward(ctx, query, keys, topk, norm, kernel):
+        scores = sub_key_scores(normalize_query(query, norm), keys)
+        best_scores, slots = (kernel_selection if kernel else reference_selection)(scores, topk)
+        ctx.save_for_backward(query, keys, slots)
+        ctx.norm = norm
+        ctx.mark_non_differentiable(slots)
+        return best_scores, slots
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (slots,) = ctx.saved_tensors
-        n = ctx.grid_shape[-1]
+    def backward(ctx, grad, _):
+        query, keys, slots = ctx.saved_tensors
+        heads, _, n, half_dim = keys.shape
+        # each winner's gradient into its two sub-keys' scores: the grid [N, H, 2, n], as [H*2, N, n]
         if kernels_support(grad) and not torch.compiler.is_compiling():
-            return kernel_pair_scores_backward(grad, slots, n), None, None
-        rows, columns = sub_key_ids(slots, n)
-        grid = grad.new_zeros(ctx.grid_shape)
-        grid[:, :, 0].scatter_add_(-1, rows, grad)
-        grid[:, :, 1].scatter_add_(-1, columns, grad)
-        return grid, None, None
+            grid = kernel_pair_scores_backward(grad, slots, n)
+        else:
+            rows, columns = sub_key_ids(slots, n)
+            grid = grad.new_zeros(*slots.shape[:2], 2, n)
+            grid[:, :, 0].scatter_add_(-1, rows, grad)
+            grid[:, :, 1].scatter_add_(-1, columns, grad)
+        grid = grid.flatten(1, 2).transpose(0, 1)
+        # scores = halves @ keys^T per (head, half), as in sub_key_scores
+        compute = torch.promote_types(query.dtype, torch.float32)
+        normalized, scale = normalize_with_scale(query.to(compute), ctx.norm)
+        halves = normalized.to(query.dtype).view(-1, heads * 2, half_dim).transpose(0, 1)
+        grad_keys = torch.bmm(grid.transpose(1, 2), halves).view(keys.shape)
+        grad_normalized = torch.bmm(grid, keys.reshape(heads * 2, n, half_dim)).transpose(0, 1).reshape(query.shape)
+        grad_query = normalize_query_backward(grad_normalized.to(compute), normalized, scale, ctx.norm)
+        return grad_query.to(query.dtype), grad_keys, None, None, None
+
+
+def normalize_with_scale(query: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`normalize_query` by hand, y = centred * scale, with centred = x - mean(x) (layer) or x (rms, none) and
+    scale = 1 / sqrt(mean(centred²) + eps) (none: 1): y and the scale."""
+    if kind == "none":
+        return query, query.new_ones(())
+    centred = query - query.mean(-1, keepdim=True) if kind == "layer" else query
+    scale = torch.rsqrt(centred.square().mean(-1, keepdim=True) + norm_eps(kind, query.dtype))
+    return centred * scale, scale
+
+
+def normalize_query_backward(grad: torch.Tensor, normalized: torch.Tensor, scale: torch.Tensor, kind: str) -> torch.Tensor:
+    """The input's gradient of y = centred * scale: scale (dy - y mean(dy y)) for rms, scale (dy - mean(dy) -
+    y mean(dy y)) for layer (y has zero mean there), dy for none."""
+    if kind == "none":
+        return grad
+    grad = grad - normalized * (grad * normalized).mean(-1, keepdim=True)
+    if kind == "layer":
+        grad = grad - grad.mean(-1, keepdim=True)
+    return scale * grad
 
 
 def sub_key_ids(slots: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,18 +30,30 @@ def float32_backward(device_type: str, dtype: torch.dtype, backward: bool,
     return backward and device_type == "cuda" and dtype == torch.bfloat16 and not cuda_bf16_backward
 
 
-def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_t weights[..., t] * bank[slots[..., t]]: [M, k] slots and weights -> [M, dim]."""
+def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor,
+         projection: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_t weights[..., t] * bank[slots[..., t]]: [M, k] slots and weights -> [M, dim]. With a `projection`
+    [out, G * dim] (HIVE's), the pooled rows of each G consecutive bags are concatenated and projected: [M / G, out]."""
     weights = weights.to(bank.dtype)
+    backward = needs_gradient(bank, weights, *([projection] if projection is not None else []))
     if not embedding_bag_supported(bank.device.type, bank.dtype):
-        return gather_pool(bank, slots, weights)
-    backward = needs_gradient(bank, weights)
-    if float32_backward(bank.device.type, bank.dtype, backward):
-        return F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
+        pooled = gather_pool(bank, slots, weights)
+    elif float32_backward(bank.device.type, bank.dtype, backward):
+        pooled = F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
     # on the CPU the kernels (compiled: a custom op, without a gradient; with one, embedding_bag)
-    if kernels_support(bank) and not (backward and torch.compiler.is_compiling()):
-        return KernelPool.apply(bank, slots, weights) if backward else kernel_pool(bank, slots, weights)
-    return F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
+    elif kernels_support(bank) and not (backward and torch.compiler.is_compiling()):
+        if backward:
+            return KernelPool.apply(bank, slots, weights, projection)
+        pooled = kernel_pool(bank, slots, weights)
+    else:
+        pooled = F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
+    return project(pooled, projection)
+
+
+def project(pooled: torch.Tensor, projection: torch.Tensor | None) -> torch.Tensor:
+    if projection is None:
+        return pooled
+    return F.linear(pooled.view(-1, projection.shape[1]), projection)
 
 
 def gather_pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -50,21 +62,27 @@ def gather_pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) 
 
 
 class KernelPool(torch.autograd.Function):
-    """The pooling through the CPU kernels (cpu_kernels.pool, pool_backward): the bank's gradient rows
-    scattered by slot, the weights' as one dot per retrieved row. embedding_bag's own CPU backward
-    reduces slot by slot after a sort (several times slower, benchmarks/memory_cost.py)."""
+    """`pool` through the CPU kernels (cpu_kernels.pool, pool_backward): the bank's gradient rows scattered by
+    slot, the weights' as one dot per retrieved row. embedding_bag's own CPU backward reduces slot by slot after
+    a sort (several times slower, benchmarks/memory_cost.py). With a projection it keeps no pooled rows (HIVE's
+    [N, H * r] latents): the backward pools them again in the pass that reads the rows for the weights' gradient."""
 
     @staticmethod
-    def forward(ctx, bank, slots, weights):
-        ctx.save_for_backward(bank, slots, weights)
-        return kernel_pool(bank, slots, weights)
+    def forward(ctx, bank, slots, weights, projection):
+        ctx.save_for_backward(bank, slots, weights, projection)
+        return project(kernel_pool(bank, slots, weights), projection)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        bank, slots, weights = ctx.saved_tensors
-        grad_bank, grad_weights = kernel_pool_backward(bank, slots, weights, grad, *ctx.needs_input_grad[::2])
-        return grad_bank, None, grad_weights
+        bank, slots, weights, projection = ctx.saved_tensors
+        bank_grad, _, weights_grad, projection_grad = ctx.needs_input_grad
+        # the projection's matmuls in the dtype of its output, as autocast ran it in the forward
+        grad_pooled = grad if projection is None else (grad @ projection.to(grad.dtype)).view(-1, bank.shape[1])
+        grad_bank, grad_weights, pooled = kernel_pool_backward(bank, slots, weights, grad_pooled.to(bank.dtype),
+                                                               bank_grad, weights_grad, pooled=projection_grad)
+        grad_projection = grad.T @ pooled.view(grad.shape[0], -1).to(grad.dtype) if projection_grad else None
+        return grad_bank, None, grad_weights, grad_projection
 
 
 class HiveProjection(nn.Linear):
@@ -103,12 +121,12 @@ class HiveValues(MemoryValues):
         self.proj = HiveProjection(heads * latent_dim, hidden_size)
 
     def forward(self, slots, weights, shared_bank=None, head_mask=None):
-        n_tokens = slots.shape[0]
-        latent = pool(self.resolve_bank(shared_bank), slots.flatten(0, 1), weights.flatten(0, 1))
-        latent = latent.view(n_tokens, self.heads, self.latent_dim)  # z_h
-        if head_mask is not None:
-            latent = latent * head_mask.view(1, self.heads, 1).to(latent.dtype)
-        return self.proj(latent.flatten(1))
+        if head_mask is not None:  # m_h z_h: the head's weights scaled
+            weights = weights * head_mask.view(1, self.heads, 1).to(weights.dtype)
+        bank, slots, weights = self.resolve_bank(shared_bank), slots.flatten(0, 1), weights.flatten(0, 1)
+        if type(self.proj) is HiveProjection and not (self.proj._forward_hooks or self.proj._forward_pre_hooks):
+            return pool(bank, slots, weights, self.proj.weight)  # one op: on the CPU the latents are not kept
+        return self.proj(pool(bank, slots, weights).view(-1, self.heads * self.latent_dim))  # LoRA, hooks
 
 
 class PerHeadValues(MemoryValues):
