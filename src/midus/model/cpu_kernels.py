@@ -9,7 +9,8 @@
 - `retrieve`: decode's whole retrieval (norm, sub-key scores, selection, softmax) of a few queries in
   one call, where a dozen PyTorch ops each cost more in dispatch than in work;
 - `pool` and `pool_backward`: the weighted pooling `sum_t w_t bank[slot_t]` and its gradients, the
-  bank's (rows scattered by slot) and the weights' (one dot per retrieved row).
+  bank's (rows scattered by slot) and the weights' (one dot per retrieved row); on request the pooled
+  rows again, from the rows that pass reads anyway (HIVE's backward, which keeps no latents).
 
 The C++ source below is compiled on first use by the system's C++ compiler (`$CXX`, else c++, g++,
 clang++) into midus's cache (`$MIDUS_CACHE/kernels`, else ~/.cache/midus/kernels), keyed by the
