@@ -252,6 +252,12 @@ T dot(const T* x, const T* y, int64_t size) {
     return total;
 }
 
+// sum += w * row: one retrieved row into its bag's pooled sum (pool_forward, and pool_backward's again)
+template <typename T>
+inline void add_scaled(T* __restrict sum, T w, const T* __restrict row, int64_t dim) {
+    for (int64_t d = 0; d < dim; ++d) sum[d] += w * row[d];
+}
+
 // out[b] = sum_t weights[b, t] * bank[slots[b, t]]: [bags, dim] (by bags)
 template <typename T>
 int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
@@ -263,9 +269,7 @@ int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slo
             for (int64_t d = 0; d < dim; ++d) sum[d] = 0;
             for (int64_t t = 0; t < bag_size; ++t) {
                 prefetch(bank, slots, b * bag_size + t, bags * bag_size, dim);
-                const T* __restrict row = bank + slots[b * bag_size + t] * dim;
-                T w = weights[b * bag_size + t];
-                for (int64_t d = 0; d < dim; ++d) sum[d] += w * row[d];
+                add_scaled(sum, weights[b * bag_size + t], bank + slots[b * bag_size + t] * dim, dim);
             }
         }
     });
@@ -331,11 +335,7 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
                     prefetch(bank, slots, i, bags * bag_size, dim);
                     const T* value = bank + slots[i] * dim;
                     if (grad_weights) grad_weights[i] = dot(value, grad + b * dim, dim);
-                    if (out) {
-                        T* __restrict sum = out + b * dim;
-                        T w = weights[i];
-                        for (int64_t d = 0; d < dim; ++d) sum[d] += w * value[d];
-                    }
+                    if (out) add_scaled(out + b * dim, weights[i], value, dim);
                 }
         });
     if (grad_bank)

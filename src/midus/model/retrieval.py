@@ -57,9 +57,9 @@ def sub_key_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return scores.view(heads, 2, n_tokens, n).permute(2, 0, 1, 3)
 
 
-def needs_gradient(*tensors: torch.Tensor) -> bool:
-    """Whether autograd will record an op on these tensors."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def needs_gradient(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record an op on these tensors (None: an absent optional input)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def normalize_query(query: torch.Tensor, kind: str) -> torch.Tensor:

@@ -35,7 +35,7 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor,
     """sum_t weights[..., t] * bank[slots[..., t]]: [M, k] slots and weights -> [M, dim]. With a `projection`
     [out, G * dim] (HIVE's), the pooled rows of each G consecutive bags are concatenated and projected: [M / G, out]."""
     weights = weights.to(bank.dtype)
-    backward = needs_gradient(bank, weights, *([projection] if projection is not None else []))
+    backward = needs_gradient(bank, weights, projection)
     if not embedding_bag_supported(bank.device.type, bank.dtype):
         pooled = gather_pool(bank, slots, weights)
     elif float32_backward(bank.device.type, bank.dtype, backward):
