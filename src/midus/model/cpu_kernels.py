@@ -45,6 +45,9 @@ SOURCE = r"""
 #include <limits>
 #include <type_traits>
 #include <vector>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -61,17 +64,13 @@ inline typename KeyOf<T>::type order_key(T value) {
     return bits >= 0 ? bits : bits ^ std::numeric_limits<K>::max();
 }
 
-// t such that the k largest keys are those > t, then (ties) those == t. Bisection on the key values
-// that stops where a threshold cuts exactly k keys off: a few halvings for continuous scores.
+// t such that the k largest keys are those > t, then (ties) those == t, the k-th largest known to lie in
+// [low, high]. Bisection on the key values that stops where a threshold cuts exactly k keys off: a few
+// halvings for continuous scores.
 template <typename K>
-K top_threshold(const K* __restrict keys, int count, int k) {
+K top_threshold(const K* __restrict keys, int count, int k, K low, K high) {
     using U = typename std::make_unsigned<K>::type;
     constexpr U sign = U(1) << (8 * sizeof(K) - 1);
-    K low = keys[0], high = keys[0];
-    for (int p = 1; p < count; ++p) {
-        low = keys[p] < low ? keys[p] : low;
-        high = keys[p] > high ? keys[p] : high;
-    }
     U lo = U(low) ^ sign, hi = U(high) ^ sign;  // unsigned, same order; the k-th largest is in [lo, hi]
     while (lo < hi) {
         U gap = hi - lo, mid = lo + (gap >> 1) + (gap & 1);  // upper middle: lo < mid <= hi
@@ -84,41 +83,71 @@ K top_threshold(const K* __restrict keys, int count, int k) {
     return K(lo ^ sign);
 }
 
-// positions of the k largest keys (out needs k + 1 entries): those above the threshold, then ties
+#ifdef __AVX2__
+// LEFT_PACK[m]: the positions of mask m's set bits, packed into the low bytes (a permutation for vpermd)
+struct LeftPack {
+    uint64_t table[256];
+    constexpr LeftPack() : table() {
+        for (int mask = 0; mask < 256; ++mask) {
+            int packed = 0;
+            for (int lane = 0; lane < 8; ++lane)
+                if (mask >> lane & 1) table[mask] |= uint64_t(lane) << (8 * packed++);
+        }
+    }
+};
+constexpr LeftPack LEFT_PACK;
+#endif
+
+// out[0, m): the positions of the m keys above t, in order; returns m (out needs m + 8 entries)
 template <typename K>
-void top_positions(const K* __restrict keys, int count, int k, int32_t* __restrict out) {
+int positions_above(const K* __restrict keys, int count, K t, int32_t* __restrict out) {
+    int taken = 0, p = 0;
+#ifdef __AVX2__
+    if constexpr (sizeof(K) == 4) {  // 8 keys at a time: compare, then pack their positions left
+        const __m256i threshold = _mm256_set1_epi32(t), eight = _mm256_set1_epi32(8);
+        __m256i positions = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (; p + 8 <= count; p += 8) {
+            __m256i above = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i*)(keys + p)), threshold);
+            int mask = _mm256_movemask_ps(_mm256_castsi256_ps(above));
+            __m256i order = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(LEFT_PACK.table[mask])));
+            _mm256_storeu_si256((__m256i*)(out + taken), _mm256_permutevar8x32_epi32(positions, order));
+            taken += __builtin_popcount(mask);
+            positions = _mm256_add_epi32(positions, eight);
+        }
+    }
+#endif
+    for (; p < count; ++p) {
+        out[taken] = p;
+        taken += keys[p] > t;
+    }
+    return taken;
+}
+
+// positions of the k largest keys (out needs k + 8 entries): those above the threshold, then ties
+template <typename K>
+void top_positions(const K* __restrict keys, int count, int k, int32_t* __restrict out, K low, K high) {
     if (k == count) {
         for (int p = 0; p < count; ++p) out[p] = p;
         return;
     }
-    K t = top_threshold(keys, count, k);
-    int taken = 0;
-    for (int p = 0; p < count; ++p) {
-        out[taken] = p;
-        taken += keys[p] > t;
-    }
+    K t = top_threshold(keys, count, k, low, high);
+    int taken = positions_above(keys, count, t, out);
     for (int p = 0; taken < k; ++p)
         if (keys[p] == t) out[taken++] = p;
 }
 
-// rank of each of k keys (descending); equal keys by position, recounted only when ranks collide
-// (seen: (k + 63) / 64 words)
+// rank of each of k keys (descending); equal keys by position, recounted only where two keys are equal: the
+// ranks count larger keys, so they sum to k(k-1)/2 when all keys differ and to less otherwise
 template <typename K>
-void ranks_of(const K* __restrict keys, const int32_t* __restrict positions, int k, int32_t* __restrict rank,
-              uint64_t* __restrict seen) {
+void ranks_of(const K* __restrict keys, const int32_t* __restrict positions, int k, int32_t* __restrict rank) {
     for (int i = 0; i < k; ++i) rank[i] = 0;
     for (int j = 0; j < k; ++j) {
         K key = keys[j];
         for (int i = 0; i < k; ++i) rank[i] += key > keys[i];
     }
-    for (int w = 0; w < (k + 63) / 64; ++w) seen[w] = 0;
-    bool tie = false;  // the ranks are a permutation of [0, k) unless two keys are equal
-    for (int i = 0; i < k; ++i) {
-        uint64_t bit = uint64_t(1) << (rank[i] & 63);
-        tie |= (seen[rank[i] >> 6] & bit) != 0;
-        seen[rank[i] >> 6] |= bit;
-    }
-    if (tie)
+    int64_t sum = 0;
+    for (int i = 0; i < k; ++i) sum += rank[i];
+    if (sum != int64_t(k) * (k - 1) / 2)
         for (int j = 0; j < k; ++j)
             for (int i = 0; i < k; ++i) rank[i] += (keys[j] == keys[i]) & (positions[j] < positions[i]);
 }
@@ -128,12 +157,14 @@ template <typename T>
 struct Scratch {
     using K = typename KeyOf<T>::type;
     std::vector<K> keys, top_keys, pair_keys;
-    std::vector<int32_t> top, rank, row_ids, col_ids, winners;
+    std::vector<int32_t> top, rank, row_ids, col_ids, winners, pair_row, pair_col;
     std::vector<T> row_values, col_values, sums;
-    std::vector<uint64_t> seen;
     Scratch(int n, int k, int pairs)
-        : keys(n), top_keys(k), pair_keys(pairs), top(k + 1), rank(k), row_ids(k), col_ids(k),
-          winners(k + 1), row_values(k), col_values(k), sums(pairs), seen((k + 63) / 64) {}
+        : keys(n), top_keys(k), pair_keys(pairs), top(k + 8), rank(k), row_ids(k), col_ids(k),
+          winners(k + 8), pair_row(pairs), pair_col(pairs), row_values(k), col_values(k), sums(pairs) {
+        for (int a = 0, p = 0; a < k; ++a)  // the staircase's pairs (a, b), a-major: (a + 1)(b + 1) <= k
+            for (int b = 0; b < k / (a + 1); ++b, ++p) pair_row[p] = a, pair_col[p] = b;
+    }
 };
 
 // the k largest of values[0, n) in descending order (equal values: lower index first)
@@ -145,9 +176,14 @@ void sorted_top(const T* __restrict values, int n, int k, Scratch<T>& s, int32_t
     int32_t* __restrict top = s.top.data();
     int32_t* __restrict rank = s.rank.data();
     for (int i = 0; i < n; ++i) keys[i] = order_key(values[i]);
-    top_positions(keys, n, k, top);
+    auto low = keys[0], high = keys[0];
+    for (int i = 1; i < n; ++i) {
+        low = keys[i] < low ? keys[i] : low;
+        high = keys[i] > high ? keys[i] : high;
+    }
+    top_positions(keys, n, k, top, low, high);
     for (int i = 0; i < k; ++i) top_keys[i] = keys[top[i]];
-    ranks_of(top_keys, top, k, rank, s.seen.data());
+    ranks_of(top_keys, top, k, rank);
     for (int i = 0; i < k; ++i) {
         ids[rank[i]] = top[i];
         sorted[rank[i]] = values[top[i]];
@@ -175,14 +211,13 @@ void select_one(const T* __restrict rows, const T* __restrict cols, int n, int k
         pairs += width;
     }
     for (int p = 0; p < pairs; ++p) pair_keys[p] = order_key(sums[p]);
-    top_positions(pair_keys, pairs, k, winners);
-    int a = 0, start = 0, width = k;  // the staircase row holding pair p: [start, start + width)
+    // the k-th largest pair lies between the first pair, (0, 0), and the k-th pair of row 0 or column 0 (the
+    // staircase's pair k - 1, (0, k - 1), and its last, (k - 1, 0)): either has k pairs at least as large
+    top_positions(pair_keys, pairs, k, winners, std::max(pair_keys[k - 1], pair_keys[pairs - 1]), pair_keys[0]);
     for (int t = 0; t < k; ++t) {
         int p = winners[t];
-        if (p < start) a = 0, start = 0, width = k;  // ties come after, from the start again
-        while (p >= start + width) start += width, ++a, width = k / (a + 1);
         best[t] = sums[p];
-        slots[t] = int64_t(row_ids[a]) * n + col_ids[p - start];
+        slots[t] = int64_t(row_ids[s.pair_row[p]]) * n + col_ids[s.pair_col[p]];
     }
 }
 
@@ -214,10 +249,12 @@ int select(const T* scores, int64_t tokens, int64_t heads, int64_t token_stride,
     int pairs = pair_count(k);
     parallel(tokens * heads, threads, 256, [=](int64_t begin, int64_t end) {
         Scratch<T> s(n, k, pairs);
-        for (int64_t i = begin; i < end; ++i) {  // head-major: a head's scores lie together
-            int64_t head = i / tokens, token = i % tokens, m = token * heads + head;
+        int64_t head = begin / tokens, token = begin % tokens;  // head-major: a head's scores lie together
+        for (int64_t i = begin; i < end; ++i) {
+            int64_t m = token * heads + head;
             const T* rows = scores + token * token_stride + head * head_stride;
             select_one(rows, rows + half_stride, n, k, s, best + m * k, slots + m * k);
+            if (++token == tokens) token = 0, ++head;
         }
     });
     return 0;
