@@ -289,6 +289,39 @@ T dot(const T* x, const T* y, int64_t size) {
     return total;
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// the sums of eight vectors' lanes, as one vector: lane r holds the sum of sums[r]
+inline __m256 lane_sums(const __m256* sums) {
+    __m256 pairs0 = _mm256_hadd_ps(sums[0], sums[1]), pairs1 = _mm256_hadd_ps(sums[2], sums[3]);
+    __m256 pairs2 = _mm256_hadd_ps(sums[4], sums[5]), pairs3 = _mm256_hadd_ps(sums[6], sums[7]);
+    __m256 quads0 = _mm256_hadd_ps(pairs0, pairs1), quads1 = _mm256_hadd_ps(pairs2, pairs3);  // per 128-bit half
+    return _mm256_add_ps(_mm256_permute2f128_ps(quads0, quads1, 0x20), _mm256_permute2f128_ps(quads0, quads1, 0x31));
+}
+#endif
+
+// out[i] = <x, rows[i]> for `count` rows of `size`: with AVX2, eight rows at a time, so that their sums
+// leave the registers together instead of one horizontal sum per row
+template <typename T>
+void dots(const T* __restrict x, const T* __restrict rows, int count, int size, T* __restrict out) {
+    int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float>) {
+        if (size % 8 == 0)
+            for (; i + 8 <= count; i += 8) {
+                __m256 sums[8];
+                for (int r = 0; r < 8; ++r) sums[r] = _mm256_setzero_ps();
+                for (int d = 0; d < size; d += 8) {
+                    __m256 part = _mm256_loadu_ps(x + d);
+                    for (int r = 0; r < 8; ++r)
+                        sums[r] = _mm256_fmadd_ps(part, _mm256_loadu_ps(rows + int64_t(i + r) * size + d), sums[r]);
+                }
+                _mm256_storeu_ps(out + i, lane_sums(sums));
+            }
+    }
+#endif
+    for (; i < count; ++i) out[i] = dot(x, rows + int64_t(i) * size, size);
+}
+
 // sum += w * row: one retrieved row into its bag's pooled sum (pool_forward, and pool_backward's again)
 template <typename T>
 inline void add_scaled(T* __restrict sum, T w, const T* __restrict row, int64_t dim) {
@@ -416,8 +449,7 @@ int retrieve(const T* query, const T* keys, int64_t tokens, int64_t heads, int k
             int64_t head = m % heads;
             normalize(query + m * key_dim, key_dim, norm, eps, q.data());
             for (int side = 0; side < 2; ++side)
-                for (int i = 0; i < n; ++i)
-                    scores[side * n + i] = dot(q.data() + side * half, keys + ((head * 2 + side) * n + i) * half, half);
+                dots(q.data() + side * half, keys + (head * 2 + side) * n * half, n, half, scores.data() + side * n);
             select_one(scores.data(), scores.data() + n, n, k, s, best.data(), slots + m * k);
             T top = *std::max_element(best.begin(), best.end()), total = 0;
             for (int t = 0; t < k; ++t) total += weights[m * k + t] = std::exp(best[t] - top);
