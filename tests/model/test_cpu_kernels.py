@@ -104,9 +104,10 @@ def test_pool_backward_equals_autograd_through_the_gather(dtype, n_slots, dim):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pool_equals_the_gather_and_embedding_bag(dtype):
+@pytest.mark.parametrize("dim", [37, 24, 64, 128])  # float rows of 8 to 64: summed in registers (AVX2)
+def test_pool_equals_the_gather_and_embedding_bag(dtype, dim):
     torch.manual_seed(1)
-    bank, slots, weights = torch.randn(300, 37, dtype=dtype), torch.randint(0, 300, (150, 6)), torch.rand(150, 6, dtype=dtype)
+    bank, slots, weights = torch.randn(300, dim, dtype=dtype), torch.randint(0, 300, (150, 6)), torch.rand(150, 6, dtype=dtype)
     slots[:3] = 7
     out = cpu_kernels.pool(bank, slots, weights)
     torch.testing.assert_close(out, gather_pool(bank, slots, weights))

@@ -323,10 +323,48 @@ void dots(const T* __restrict x, const T* __restrict rows, int count, int size, 
     for (; i < count; ++i) out[i] = dot(x, rows + int64_t(i) * size, size);
 }
 
-// sum += w * row: one retrieved row into its bag's pooled sum (pool_forward, and pool_backward's again)
+#ifdef __AVX2__
+// pool_bag for float rows of V * 8: the sum held in V registers, the same adds (w * row, then +) in the same order
+template <int V>
+void pool_bag_in_registers(const float* bank, const int64_t* slots, const float* weights, int64_t first,
+                           int64_t size, int64_t count, int64_t dim, float* __restrict out) {
+    __m256 sum[V];
+    for (int v = 0; v < V; ++v) sum[v] = _mm256_setzero_ps();
+    for (int64_t t = first; t < first + size; ++t) {
+        prefetch(bank, slots, t, count, dim);
+        const float* row = bank + slots[t] * dim;
+        __m256 w = _mm256_set1_ps(weights[t]);
+        for (int v = 0; v < V; ++v) sum[v] = _mm256_add_ps(sum[v], _mm256_mul_ps(w, _mm256_loadu_ps(row + 8 * v)));
+    }
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + 8 * v, sum[v]);
+}
+
+constexpr void (*POOL_BAG_IN_REGISTERS[8])(const float*, const int64_t*, const float*, int64_t, int64_t, int64_t,
+                                           int64_t, float*) = {
+    pool_bag_in_registers<1>, pool_bag_in_registers<2>, pool_bag_in_registers<3>, pool_bag_in_registers<4>,
+    pool_bag_in_registers<5>, pool_bag_in_registers<6>, pool_bag_in_registers<7>, pool_bag_in_registers<8>};
+#endif
+
 template <typename T>
 inline void add_scaled(T* __restrict sum, T w, const T* __restrict row, int64_t dim) {
     for (int64_t d = 0; d < dim; ++d) sum[d] += w * row[d];
+}
+
+// out[0, dim) = sum_t weights[t] * bank[slots[t]] over one bag, t in [first, first + size) of `count` retrievals.
+// A sum in memory waits at every row on its own stores: with AVX2, float rows of up to 64 are summed in registers.
+template <typename T>
+void pool_bag(const T* bank, const int64_t* slots, const T* weights, int64_t first, int64_t size, int64_t count,
+              int64_t dim, T* __restrict out) {
+#ifdef __AVX2__
+    if constexpr (std::is_same_v<T, float>)
+        if (dim % 8 == 0 && dim <= 64 && dim > 0)
+            return POOL_BAG_IN_REGISTERS[dim / 8 - 1](bank, slots, weights, first, size, count, dim, out);
+#endif
+    for (int64_t d = 0; d < dim; ++d) out[d] = 0;
+    for (int64_t t = first; t < first + size; ++t) {
+        prefetch(bank, slots, t, count, dim);
+        add_scaled(out, weights[t], bank + slots[t] * dim, dim);
+    }
 }
 
 // out[b] = sum_t weights[b, t] * bank[slots[b, t]]: [bags, dim] (by bags)
@@ -335,35 +373,26 @@ int pool_forward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slo
                  int64_t bags, int64_t bag_size, T* out, int threads) {
     if (!slots_within(slots, bags * bag_size, n_slots)) return 1;
     parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-            T* __restrict sum = out + b * dim;
-            for (int64_t d = 0; d < dim; ++d) sum[d] = 0;
-            for (int64_t t = 0; t < bag_size; ++t) {
-                prefetch(bank, slots, b * bag_size + t, bags * bag_size, dim);
-                add_scaled(sum, weights[b * bag_size + t], bank + slots[b * bag_size + t] * dim, dim);
-            }
-        }
+        for (int64_t b = begin; b < end; ++b)
+            pool_bag(bank, slots, weights, b * bag_size, bag_size, bags * bag_size, dim, out + b * dim);
     });
     return 0;
 }
 
-// one retrieved row's share of pool_backward: returns <value, g> (dot()'s running sums), adds w g to its
-// gradient row and (with POOL) w value to the pooled sum
-template <bool POOL, typename T>
-inline T dot_and_scatter(const T* __restrict value, const T* __restrict g, T w, T* __restrict row,
-                         T* __restrict sum, int64_t dim) {
+// one retrieved row's share of pool_backward: returns <value, g> (dot()'s running sums) and adds w g to its
+// gradient row
+template <typename T>
+inline T dot_and_scatter(const T* __restrict value, const T* __restrict g, T w, T* __restrict row, int64_t dim) {
     T sums[16] = {};
     int64_t d = 0;
     for (; d + 16 <= dim; d += 16)
         for (int j = 0; j < 16; ++j) {
             sums[j] += value[d + j] * g[d + j];
             row[d + j] += w * g[d + j];
-            if (POOL) sum[d + j] += w * value[d + j];
         }
     for (; d < dim; ++d) {
         sums[0] += value[d] * g[d];
         row[d] += w * g[d];
-        if (POOL) sum[d] += w * value[d];
     }
     T total = 0;
     for (int j = 0; j < 16; ++j) total += sums[j];
@@ -372,42 +401,40 @@ inline T dot_and_scatter(const T* __restrict value, const T* __restrict g, T w, 
 
 // gradients of out[b] = sum_t weights[b, t] * bank[slots[b, t]] given grad = d loss / d out [bags, dim]:
 // grad_weights[b, t] = <bank[slots[b, t]], grad[b]>, grad_bank[slot] += weights[b, t] * grad[b]. grad_bank
-// comes zeroed. With `out`, out[b] again, from the rows the weights' gradient reads anyway (a caller that
-// needs it in its backward need not keep it). On one thread all in one pass over the retrieved rows; on more,
-// the weights' (and out) by bags and the bank's by column blocks (no two threads write one row): the same
-// sums in the same order either way, and out's as pool_forward's.
+// comes zeroed. With `out`, out[b] again (pool_bag, as pool_forward: the same bits), right after the weights'
+// gradient has read its bag's rows into the cache (a caller that needs it in its backward need not keep it). On
+// one thread all in one pass over the retrieved rows; on more, the weights' (and out) by bags and the bank's by
+// column blocks (no two threads write one row): the same sums in the same order either way.
 template <typename T>
 int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
                   int64_t bags, int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, T* out,
                   int threads) {
     if (!slots_within(slots, bags * bag_size, n_slots)) return 1;
     int64_t blocks = (dim + 15) / 16;
-    if (out) std::fill(out, out + bags * dim, T(0));
     if (grad_bank && grad_weights && std::min<int64_t>(threads, blocks) <= 1) {
-        for (int64_t b = 0; b < bags; ++b)
+        for (int64_t b = 0; b < bags; ++b) {
             for (int64_t t = 0; t < bag_size; ++t) {
                 int64_t i = b * bag_size + t;
                 prefetch(bank, slots, i, bags * bag_size, dim);
                 prefetch(grad_bank, slots, i, bags * bag_size, dim, 1);
-                const T* __restrict value = bank + slots[i] * dim;
-                const T* __restrict g = grad + b * dim;
-                T* __restrict row = grad_bank + slots[i] * dim;
-                T w = weights[i];
-                grad_weights[i] = out ? dot_and_scatter<true, T>(value, g, w, row, out + b * dim, dim)
-                                      : dot_and_scatter<false, T>(value, g, w, row, nullptr, dim);
+                grad_weights[i] = dot_and_scatter(bank + slots[i] * dim, grad + b * dim, weights[i],
+                                                  grad_bank + slots[i] * dim, dim);
             }
+            if (out) pool_bag(bank, slots, weights, b * bag_size, bag_size, bags * bag_size, dim, out + b * dim);
+        }
         return 0;
     }
     if (grad_weights || out)
         parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
-            for (int64_t b = begin; b < end; ++b)
-                for (int64_t t = 0; t < bag_size; ++t) {
-                    int64_t i = b * bag_size + t;
-                    prefetch(bank, slots, i, bags * bag_size, dim);
-                    const T* value = bank + slots[i] * dim;
-                    if (grad_weights) grad_weights[i] = dot(value, grad + b * dim, dim);
-                    if (out) add_scaled(out + b * dim, weights[i], value, dim);
-                }
+            for (int64_t b = begin; b < end; ++b) {
+                if (grad_weights)
+                    for (int64_t t = 0; t < bag_size; ++t) {
+                        int64_t i = b * bag_size + t;
+                        prefetch(bank, slots, i, bags * bag_size, dim);
+                        grad_weights[i] = dot(bank + slots[i] * dim, grad + b * dim, dim);
+                    }
+                if (out) pool_bag(bank, slots, weights, b * bag_size, bag_size, bags * bag_size, dim, out + b * dim);
+            }
         });
     if (grad_bank)
         parallel(blocks, threads, 1, [=](int64_t begin, int64_t end) {
