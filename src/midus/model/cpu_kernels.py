@@ -3,7 +3,7 @@
 
 - `select`: the exact product-key top-k of every (token, head) in one pass. PyTorch needs a `topk`
   per half (about 1 us a row of 64 on one core), the staircase's adds, a second `topk` and gathers;
-  this kernel does one query's both halves and the pairs in about 0.85 us (n 64, k 32);
+  this kernel does one query's both halves and the pairs in about 0.8 us (n 64, k 32);
 - `pair_scores_backward`: the score grid's gradient in training, each winner's summed into its two
   sub-keys (a zeroed grid and two scatters of int64 divisions on the PyTorch path);
 - `retrieve`: decode's whole retrieval (norm, sub-key scores, selection, softmax) of a few queries in
