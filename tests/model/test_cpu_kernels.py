@@ -275,6 +275,26 @@ def test_a_compiler_without_openmp_builds_kernels_that_run_in_one_thread(tmp_pat
     assert torch.equal(in_order(best, slots)[1], in_order(*reference_selection(scores, 16))[1])
 
 
+def test_a_build_without_native_instructions_gives_the_same_results(tmp_path, monkeypatch):
+    """Without -march=native (refused, or a CPU without AVX2) the plain loops run where the AVX2 ones would: the
+    same selection bit for bit (it only compares and adds), the same pooled sums and retrieval up to rounding
+    (a native build fuses multiply-adds)."""
+    torch.manual_seed(6)
+    scores = sub_key_scores(torch.randn(300, 4, 64), torch.randn(4, 2, 64, 32))
+    bank, slots, weights = torch.randn(4096, 64), torch.randint(0, 4096, (500, 32)), torch.rand(500, 32)
+    query, keys = torch.randn(5, 4, 64), torch.randn(4, 2, 64, 32)
+    native = cpu_kernels.select(scores, 32), cpu_kernels.pool(bank, slots, weights), cpu_kernels.retrieve(query, keys, 32, "rms")
+    monkeypatch.setenv("MIDUS_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "NATIVE", ["-fno-such-flag-for-native"])  # refused: the portable build
+    monkeypatch.setattr(cpu_kernels, "_loaded", {"library": cpu_kernels.load(cpu_kernels.build())})
+    assert all(torch.equal(a, b) for a, b in zip(cpu_kernels.select(scores, 32), native[0]))
+    torch.testing.assert_close(cpu_kernels.pool(bank, slots, weights), native[1])
+    retrieved_slots, retrieved_weights = cpu_kernels.retrieve(query, keys, 32, "rms")
+    order, native_order = retrieved_slots.argsort(-1), native[2][0].argsort(-1)
+    assert torch.equal(retrieved_slots.gather(-1, order), native[2][0].gather(-1, native_order))
+    torch.testing.assert_close(retrieved_weights.gather(-1, order), native[2][1].gather(-1, native_order))
+
+
 def test_without_a_compiler_a_warning_and_the_pytorch_path(tmp_path, monkeypatch):
     monkeypatch.setenv("MIDUS_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a compiler that fails
