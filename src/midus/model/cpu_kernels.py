@@ -324,7 +324,7 @@ void dots(const T* __restrict x, const T* __restrict rows, int count, int size, 
 }
 
 #ifdef __AVX2__
-// pool_bag for float rows of V * 8: the sum held in V registers, the same adds (w * row, then +) in the same order
+// pool_bag for float rows of V * 8: the sum held in V registers, row after row as pool_bag's plain loop adds them
 template <int V>
 void pool_bag_in_registers(const float* bank, const int64_t* slots, const float* weights, int64_t first,
                            int64_t size, int64_t count, int64_t dim, float* __restrict out) {
@@ -345,6 +345,7 @@ constexpr void (*POOL_BAG_IN_REGISTERS[8])(const float*, const int64_t*, const f
     pool_bag_in_registers<5>, pool_bag_in_registers<6>, pool_bag_in_registers<7>, pool_bag_in_registers<8>};
 #endif
 
+// sum += w * row, element by element (a pooled sum; a gradient row)
 template <typename T>
 inline void add_scaled(T* __restrict sum, T w, const T* __restrict row, int64_t dim) {
     for (int64_t d = 0; d < dim; ++d) sum[d] += w * row[d];
@@ -442,10 +443,8 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
             for (int64_t b = 0; b < bags; ++b)
                 for (int64_t t = 0; t < bag_size; ++t) {
                     prefetch(grad_bank + first, slots, b * bag_size + t, bags * bag_size, dim, 1);
-                    T* row = grad_bank + slots[b * bag_size + t] * dim;
-                    const T* g = grad + b * dim;
-                    T w = weights[b * bag_size + t];
-                    for (int64_t d = first; d < last; ++d) row[d] += w * g[d];
+                    add_scaled(grad_bank + slots[b * bag_size + t] * dim + first, weights[b * bag_size + t],
+                               grad + b * dim + first, last - first);
                 }
         });
     return 0;
