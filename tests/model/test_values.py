@@ -150,7 +150,9 @@ def test_pool_falls_back_to_gather_where_embedding_bag_is_missing(monkeypatch):
     import midus.model.values as values_module
 
     calls = []
+    # a device such as mps: neither embedding_bag nor the CPU kernels
     monkeypatch.setattr(values_module, "embedding_bag_supported", lambda device, dtype: calls.append(device) or False)
+    monkeypatch.setattr(values_module, "kernels_support", lambda tensor: False)
     monkeypatch.setattr(values_module.F, "embedding_bag", lambda *a, **k: pytest.fail("embedding_bag used"))
     bank = torch.randn(20, 4, dtype=torch.float64)
     slots, weights = retrieval(3, 1, 20, 2, seed=4)

@@ -19,7 +19,7 @@ class ProductKeys(nn.Module):
     def forward(self, query: torch.Tensor, norm: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
         """query [N, H, d_k], normalised by `norm` -> slots [N, H, k], weights [N, H, k] (softmax over the
         k scores)."""
-        keys = self.keys.to(query.dtype)
+        keys = self.keys if self.keys.dtype == query.dtype else self.keys.to(query.dtype)
         if one_call_retrieval(query, keys):
             return kernel_retrieve(query, keys, self.topk, norm)
         scores, slots = product_key_topk(query, keys, self.topk, norm)

@@ -34,17 +34,17 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor,
          projection: torch.Tensor | None = None) -> torch.Tensor:
     """sum_t weights[..., t] * bank[slots[..., t]]: [M, k] slots and weights -> [M, dim]. With a `projection`
     [out, G * dim] (HIVE's), the pooled rows of each G consecutive bags are concatenated and projected: [M / G, out]."""
-    weights = weights.to(bank.dtype)
+    weights = weights if weights.dtype == bank.dtype else weights.to(bank.dtype)
     backward = needs_gradient(bank, weights, projection)
+    if not backward and kernels_support(bank):  # decode's common case first: each check costs ~1 µs there
+        return project(kernel_pool(bank, slots, weights), projection)
     if not embedding_bag_supported(bank.device.type, bank.dtype):
         pooled = gather_pool(bank, slots, weights)
     elif float32_backward(bank.device.type, bank.dtype, backward):
         pooled = F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
-    # on the CPU the kernels (compiled: a custom op, without a gradient; with one, embedding_bag)
-    elif kernels_support(bank) and not (backward and torch.compiler.is_compiling()):
-        if backward:
-            return KernelPool.apply(bank, slots, weights, projection)
-        pooled = kernel_pool(bank, slots, weights)
+    # with a gradient on the CPU the kernels too (compiled: embedding_bag)
+    elif kernels_support(bank) and not torch.compiler.is_compiling():
+        return KernelPool.apply(bank, slots, weights, projection)
     else:
         pooled = F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
     return project(pooled, projection)
@@ -123,10 +123,10 @@ class HiveValues(MemoryValues):
     def forward(self, slots, weights, shared_bank=None, head_mask=None):
         if head_mask is not None:  # m_h z_h: the head's weights scaled
             weights = weights * head_mask.view(1, self.heads, 1).to(weights.dtype)
-        bank, slots, weights = self.resolve_bank(shared_bank), slots.flatten(0, 1), weights.flatten(0, 1)
-        if type(self.proj) is HiveProjection and not (self.proj._forward_hooks or self.proj._forward_pre_hooks):
-            return pool(bank, slots, weights, self.proj.weight)  # one op: on the CPU the latents are not kept
-        return self.proj(pool(bank, slots, weights).view(-1, self.heads * self.latent_dim))  # LoRA, hooks
+        bank, slots, weights, proj = self.resolve_bank(shared_bank), slots.flatten(0, 1), weights.flatten(0, 1), self.proj
+        if type(proj) is HiveProjection and not (proj._forward_hooks or proj._forward_pre_hooks):
+            return pool(bank, slots, weights, proj.weight)  # one op: on the CPU the latents are not kept
+        return proj(pool(bank, slots, weights).view(-1, self.heads * self.latent_dim))  # LoRA, hooks
 
 
 class PerHeadValues(MemoryValues):
