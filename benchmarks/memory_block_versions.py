@@ -1,6 +1,6 @@
 """One memory block of this tree against the same block at an earlier git revision: same weights, taking
-turns in one process (training step, prefill, one decoded token with the KV cache), next to a full Llama
-block for scale. The model folder has relative imports only (it ships as remote code), so the old copy
+turns in one process, the order rotating (training step, prefill, one decoded token with the KV cache),
+next to a full Llama block for scale. The model folder has relative imports only (it ships as remote code), so the old copy
 is imported as its own package; the two must give the same outputs (checked) before anything is timed.
 
     python benchmarks/memory_block_versions.py --against 6437a5a [--widths smol 1b] [--threads 1 2] [--out DIR]
@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from io import BytesIO
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from transformers import DynamicCache, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 import midus.model
+from memory_cost import interleaved
 from midus.model.compat import CACHE_ARG
 from midus.report import markdown_table, write_report_files
 
@@ -100,15 +100,7 @@ def measure(width: str, threads: int, old_package) -> list[dict]:
     torch.testing.assert_close(decode("new"), decode("old"))
     rows = []
     for phase, run in (("train", train), ("prefill", prefill), ("decode", decode)):
-        for name in blocks:
-            for _ in range(3):
-                run(name)
-        times = {name: [] for name in blocks}
-        for _ in range(ROUNDS[phase]):
-            for name in blocks:
-                start = time.perf_counter()
-                run(name)
-                times[name].append(time.perf_counter() - start)
+        times = interleaved({name: (run, (name,)) for name in blocks}, ROUNDS[phase], warmup=3)
         ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
         speedup = [old / new for old, new in zip(times["old"], times["new"])]
         q1, median, q3 = statistics.quantiles(speedup, n=4)

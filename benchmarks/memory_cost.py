@@ -18,7 +18,10 @@
    It runs after the bench runs, on a heap they warmed: in a fresh process glibc hands its 32 MiB
    score grids back to the OS after each call and the page faults of fetching them again inflate its
    time by a third (2.15x instead of 1.6x here; MALLOC_MMAP_THRESHOLD_ set high gives the warm figure).
-3. Training memory of one block at 1B width: the bytes autograd keeps for the backward (saved
+3. Where a block's time goes, at both widths and each thread count: a full block, a memory block, its
+   attention part alone and its floor (the attention part + the HIVE projection + the residual: the memory
+   block with retrieval and pooling free), taking turns, without a model around them.
+4. Training memory of one block at 1B width: the bytes autograd keeps for the backward (saved
    tensors, counted once per storage), also under gradient checkpointing, and the bytes of weights,
    gradients and AdamW state.
 
@@ -31,6 +34,7 @@ Writes memory_cost.md, memory_cost.json and memory_cost.png (the ratios, bars by
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import os
 import platform
@@ -166,12 +170,17 @@ def added_costs(folder: Path, threads: list[int], rounds: int, settings: dict, c
 
 # ------------------------------------------------------------------------------ 2. vs product-key-memory
 def interleaved(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each case `fn(*inputs)`, taking turns in rounds, the order rotating from round to round (as
+    `midus bench` does): a fixed order times the case after a big one slower (5% in a prefill, measured)."""
     for fn, inputs in cases.values():
         for _ in range(warmup):
             fn(*inputs)
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, (fn, inputs) in cases.items():
+    names = list(cases)
+    times = {name: [] for name in names}
+    for round_ in range(repeats):
+        for step in range(len(names)):
+            name = names[(round_ + step) % len(names)]
+            fn, inputs = cases[name]
             start = time.perf_counter()
             fn(*inputs)
             times[name].append(time.perf_counter() - start)
@@ -257,13 +266,15 @@ def against_product_key_memory(tokens: int, repeats: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ 3. where a block's time goes
-def block_breakdown(tokens: int, rounds: int) -> list[dict]:
-    """One full block, one memory block and the memory block's attention part alone (input norm, q/k/v,
-    RoPE, attention: what a full block runs as well), at both widths, taking turns in rounds: forward +
+def block_breakdown(tokens: int, rounds: int, threads: list[int]) -> list[dict]:
+    """One full block, one memory block, the memory block's attention part alone (input norm, q/k/v,
+    RoPE, attention: what a full block runs as well) and that part + the HIVE projection and the residual
+    (the memory block with retrieval and pooling free), at both widths, taking turns in rounds: forward +
     backward on `tokens` tokens, a forward on them, and one decoded token after them with the KV cache.
-    The attention part over the full block bounds what the memory block's ratio can reach."""
+    The last one over the full block is the floor of the memory block's ratio: no retrieval reaches below it."""
     rows = []
-    for width, spec in WIDTHS.items():
+    for (width, spec), count in itertools.product(WIDTHS.items(), threads):
+        torch.set_num_threads(count)
         llama = LlamaConfig(**spec["shape"], num_hidden_layers=1, vocab_size=128,
                             head_dim=spec["shape"]["hidden_size"] // spec["shape"]["num_attention_heads"])
         midus = MidusConfig(**{k: v for k, v in llama.to_dict().items() if k not in ("model_type", "transformers_version")},
@@ -275,6 +286,9 @@ def block_breakdown(tokens: int, rounds: int) -> list[dict]:
         def attention_part(x, **kwargs):
             return memory.self_attn(memory.input_layernorm(x), **kwargs)
 
+        def floor(x, **kwargs):  # H * r = H * d_h at both widths: the heads' outputs stand in for the latents
+            return x + memory.memory.values.proj(attention_part(x, **kwargs).flatten(-2))
+
         rope = LlamaRotaryEmbedding(llama)
         x = torch.randn(1, tokens, llama.hidden_size, requires_grad=True)
         token = torch.randn(1, 1, llama.hidden_size)
@@ -284,7 +298,7 @@ def block_breakdown(tokens: int, rounds: int) -> list[dict]:
         def cases_of(name, run):
             cache = DynamicCache()
             with torch.no_grad():
-                run(x, **context, **{CACHE_ARG if name != "attention part" else "cache": cache})
+                run(x, **context, **{CACHE_ARG if name in ("full block", "memory block") else "cache": cache})
 
             def train(_):
                 out = run(x, **context)
@@ -296,20 +310,22 @@ def block_breakdown(tokens: int, rounds: int) -> list[dict]:
 
             def decode(_):
                 with torch.no_grad():
-                    run(token, **next_position, **{CACHE_ARG if name != "attention part" else "cache": cache})
+                    run(token, **next_position, **{CACHE_ARG if name in ("full block", "memory block") else "cache": cache})
                 cache.crop(-1)
 
             return {(name, "train"): (train, (None,)), (name, "prefill"): (prefill, (None,)),
                     (name, "decode"): (decode, (None,))}
 
-        cases = {**cases_of("full block", full), **cases_of("memory block", memory),
-                 **cases_of("attention part", attention_part)}
+        parts = {"full block": full, "memory block": memory, "attention part": attention_part, "floor": floor}
+        cases = {case: run for name, part in parts.items() for case, run in cases_of(name, part).items()}
         times = interleaved(cases, rounds)
         for phase in ("train", "prefill", "decode"):
-            ms = {name: 1e3 * statistics.median(times[(name, phase)]) for name in ("full block", "memory block", "attention part")}
-            rows.append({"width": width, "phase": phase, "tokens": tokens, **{f"{n}_ms": v for n, v in ms.items()},
+            ms = {name: 1e3 * statistics.median(times[(name, phase)]) for name in parts}
+            rows.append({"width": width, "phase": phase, "tokens": tokens, "threads": count,
+                         **{f"{n}_ms": v for n, v in ms.items()},
                          "memory_ratio": ms["memory block"] / ms["full block"],
-                         "attention_ratio": ms["attention part"] / ms["full block"]})
+                         "attention_ratio": ms["attention part"] / ms["full block"],
+                         "floor_ratio": ms["floor"] / ms["full block"]})
     return rows
 
 
@@ -434,13 +450,14 @@ def markdown(results: dict) -> str:
             lines.append(f"\n**{key} (product-key-memory ÷ ours): {value['ratio']:.2f}×** "
                          f"[run-by-run IQR {value['round_q1']:.2f}–{value['round_q3']:.2f}] (goal ≥ 2×)")
     lines += ["", f"Where a block's time goes, block by block (no model around it, no AdamW; 1 × "
-                  f"{results['breakdown'][0]['tokens']} tokens, decode: one token after them; "
-                  f"{results.get('breakdown_threads', 1)} thread(s), median of {results['rounds']} rounds):", "",
-              "| width | phase | full block ms | memory block ms | its attention part ms | memory ÷ full | "
-              "attention part ÷ full |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['width']} | {r['phase']} | {r['full block_ms']:.3f} | {r['memory block_ms']:.3f} | "
-              f"{r['attention part_ms']:.3f} | {r['memory_ratio']:.2f} | {r['attention_ratio']:.2f} |"
-              for r in results["breakdown"]]
+                  f"{results['breakdown'][0]['tokens']} tokens, decode: one token after them; median of "
+                  f"{results['rounds']} rounds). The floor is the memory block with retrieval and pooling free: its "
+                  f"attention part, the HIVE projection and the residual; no retrieval takes the ratio below it.", "",
+              "| width | phase | threads | full block ms | memory block ms | its attention part ms | floor ms | "
+              "memory ÷ full | attention part ÷ full | floor ÷ full |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['width']} | {r['phase']} | {r['threads']} | {r['full block_ms']:.3f} | {r['memory block_ms']:.3f} | "
+              f"{r['attention part_ms']:.3f} | {r['floor_ms']:.3f} | {r['memory_ratio']:.2f} | {r['attention_ratio']:.2f} | "
+              f"{r['floor_ratio']:.2f} |" for r in results["breakdown"]]
     memory = results["training_memory"]
     lines += ["", f"Training memory of one block at 1B width, 1 × {memory['tokens']} tokens (MiB):", "",
               "| block | weights + grads + AdamW | saved for backward | of which attention | saved, gradient checkpointing |",
@@ -500,9 +517,8 @@ def measure(args) -> dict:
                                             args.pytorch_path)
     torch.set_num_threads(args.threads[0])
     results["product_key_memory"] = against_product_key_memory(args.tokens, 2 * args.rounds + 1)
-    results["breakdown"] = block_breakdown(args.tokens, args.rounds)
+    results["breakdown"] = block_breakdown(args.tokens, args.rounds, args.threads)
     results["training_memory"] = training_memory(args.tokens)
-    results["breakdown_threads"] = args.threads[0]
     return results
 
 

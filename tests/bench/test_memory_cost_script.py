@@ -56,3 +56,11 @@ def test_from_json_writes_the_table_and_a_plot(script, results, tmp_path, monkey
     assert (tmp_path / "out" / "memory_cost.md").read_text() == script.markdown(results)
     assert json.loads((tmp_path / "out" / "memory_cost.json").read_text()) == results
     assert (tmp_path / "out" / "memory_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cases_take_turns_in_an_order_rotating_from_round_to_round(script):
+    calls = []
+    cases = {name: (calls.append, (name,)) for name in "abc"}
+    times = script.interleaved(cases, repeats=4, warmup=1)
+    assert calls == list("abc") + list("abc" "bca" "cab" "abc")
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 4, "b": 4, "c": 4}
