@@ -116,21 +116,34 @@ def test_pool_equals_the_gather_and_embedding_bag(dtype, dim):
         cpu_kernels.pool(bank, torch.tensor([[0, -1]]), weights[:1, :2])
 
 
-def test_pool_backward_over_threads_equals_one_thread():
-    """One thread: both gradients in one pass; three: the weights' by bags, the bank's by column blocks."""
+@pytest.mark.parametrize("bank_grad, weights_grad", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("bag_size, skewed", [(32, False), (33, False), (32, True)])
+def test_pool_backward_over_threads_equals_one_thread(bank_grad, weights_grad, bag_size, skewed):
+    """One thread: both gradients in one pass over the bags. Three: the bank's gradient (and the weights' with it) by
+    ranges of bank rows, each worker scanning the retrievals 4096 at a time (bags of 33 straddle those scans), the
+    weights' alone by bags; skewed slots leave most of the work to one range."""
     torch.manual_seed(5)
     bank, grad = torch.randn(4096, 64), torch.randn(2000, 64)
-    slots, weights = torch.randint(0, 4096, (2000, 32)), torch.rand(2000, 32)
+    slots, weights = torch.randint(0, 4096, (2000, bag_size)), torch.rand(2000, bag_size)
+    if skewed:
+        slots = slots % 97
     results = {}
     threads = torch.get_num_threads()
     try:
         for count in (1, 3):
             torch.set_num_threads(count)
-            results[count] = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True, pooled=True)
+            results[count] = cpu_kernels.pool_backward(bank, slots, weights, grad, bank_grad, weights_grad, pooled=True)
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(results[1], results[3]))  # the same sums in the same order
+    assert [r is None for r in results[3]] == [not bank_grad, not weights_grad, False]
+    assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(results[1], results[3]))  # same sums, same order
     assert torch.equal(results[1][2], cpu_kernels.pool(bank, slots, weights))
+    reference_bank, reference_weights = bank.clone().requires_grad_(), weights.clone().requires_grad_()
+    (reference_bank[slots] * reference_weights[..., None]).sum(1).backward(grad)
+    for result, reference, wanted in ((results[3][0], reference_bank.grad, bank_grad),
+                                      (results[3][1], reference_weights.grad, weights_grad)):
+        if wanted:
+            torch.testing.assert_close(result, reference)
 
 
 def test_pool_backward_refuses_a_slot_outside_the_bank():
