@@ -117,14 +117,16 @@ def test_pool_equals_the_gather_and_embedding_bag(dtype, dim):
 
 
 @pytest.mark.parametrize("bank_grad, weights_grad", [(True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("bag_size, skewed", [(32, False), (33, False), (32, True)])
-def test_pool_backward_over_threads_equals_one_thread(bank_grad, weights_grad, bag_size, skewed):
+@pytest.mark.parametrize("n_slots, bags, bag_size, skewed", [(4096, 2000, 32, False), (4096, 2000, 33, False),
+                                                             (4096, 2000, 32, True), (20000, 9000, 33, False)])
+def test_pool_backward_over_threads_equals_one_thread(bank_grad, weights_grad, n_slots, bags, bag_size, skewed):
     """One thread: both gradients in one pass over the bags. Three: the bank's gradient (and the weights' with it) by
     ranges of bank rows, each worker scanning the retrievals 4096 at a time (bags of 33 straddle those scans), the
-    weights' alone by bags; skewed slots leave most of the work to one range."""
+    weights' alone by bags; skewed slots leave most of the work to one range. A bank of 5 MB (over BY_SLOT_BYTES)
+    has its retrievals grouped by slot, 2^18 at a time (297,000 of them: two scans), on one thread as on three."""
     torch.manual_seed(5)
-    bank, grad = torch.randn(4096, 64), torch.randn(2000, 64)
-    slots, weights = torch.randint(0, 4096, (2000, bag_size)), torch.rand(2000, bag_size)
+    bank, grad = torch.randn(n_slots, 64), torch.randn(bags, 64)
+    slots, weights = torch.randint(0, n_slots, (bags, bag_size)), torch.rand(bags, bag_size)
     if skewed:
         slots = slots % 97
     results = {}
@@ -144,6 +146,25 @@ def test_pool_backward_over_threads_equals_one_thread(bank_grad, weights_grad, b
                                       (results[3][1], reference_weights.grad, weights_grad)):
         if wanted:
             torch.testing.assert_close(result, reference)
+
+
+def test_grouping_retrievals_by_slot_gives_the_sums_of_their_order():
+    """A bank over BY_SLOT_BYTES has its retrievals grouped by slot; within the cache, one thread takes them in
+    order. The same retrievals of rows 0..4095, from a 4096-row bank and from the same rows with 16384 more
+    after them (5.2 MB), give the same bits."""
+    torch.manual_seed(6)
+    bank, grad = torch.randn(4096, 64), torch.randn(3000, 64)
+    slots, weights = torch.randint(0, 4096, (3000, 32)), torch.rand(3000, 32)
+    big = torch.cat([bank, torch.randn(16384, 64)])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        in_order = cpu_kernels.pool_backward(bank, slots, weights, grad, True, True, pooled=True)
+        by_slot = cpu_kernels.pool_backward(big, slots, weights, grad, True, True, pooled=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(by_slot[0][:4096], in_order[0]) and not by_slot[0][4096:].any()
+    assert torch.equal(by_slot[1], in_order[1]) and torch.equal(by_slot[2], in_order[2])
 
 
 def test_pool_backward_refuses_a_slot_outside_the_bank():

@@ -400,26 +400,72 @@ inline T dot_and_scatter(const T* __restrict value, const T* __restrict g, T w, 
     return total;
 }
 
-// retrievals a worker of pool_backward scans at a time for the ones in its rows (its list stays in the cache)
-constexpr int64_t SCAN = 4096;
+// the retrievals a worker of pool_backward takes at a time: those in its rows of 4096 (its list stays in the
+// cache), or of 2^18 to be grouped by slot when the bank is larger than BY_SLOT_BYTES (it is not in the cache:
+// each retrieval in turn would fetch its row and its gradient row from memory; grouped, each is fetched once)
+constexpr int64_t SCAN = 4096, BY_SLOT_SCAN = 1 << 18;
+constexpr int64_t BY_SLOT_BYTES = 4 << 20;
+
+// the gradients of the retrievals whose slot is one of rows [first_row, end_row), a scan at a time: those of the
+// scan kept in their order, then (by_slot) grouped by slot in a stable counting sort. Either way each gradient
+// row gets its adds in the order of the retrievals: the same sums as one pass over them all.
+template <bool by_slot, typename T>
+void gradients_of_rows(const T* bank, int64_t dim, const int64_t* slots, const T* weights, int64_t count,
+                       int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, int64_t first_row,
+                       int64_t end_row) {
+    int64_t scan = std::min(count, by_slot ? BY_SLOT_SCAN : SCAN), rows = end_row - first_row;
+    std::vector<int64_t> mine(scan), bag_of(scan), grouped(by_slot ? scan : 0), grouped_bag(by_slot ? scan : 0);
+    std::vector<int64_t> starts(by_slot ? rows + 1 : 0);
+    for (int64_t start = 0; start < count; start += scan) {
+        int64_t stop = std::min(count, start + scan), found = 0;
+        for (int64_t i = start, b = start / bag_size, t = start % bag_size; i < stop; ++i) {
+            mine[found] = i, bag_of[found] = b;  // kept (found advances) when its slot is one of ours
+            found += uint64_t(slots[i] - first_row) < uint64_t(rows);
+            if (++t == bag_size) t = 0, ++b;
+        }
+        const int64_t *order = mine.data(), *bag = bag_of.data();
+        if constexpr (by_slot) {
+            std::fill(starts.begin(), starts.end(), 0);
+            for (int64_t j = 0; j < found; ++j) ++starts[slots[mine[j]] - first_row + 1];
+            for (int64_t r = 0; r < rows; ++r) starts[r + 1] += starts[r];
+            for (int64_t j = 0; j < found; ++j) {
+                int64_t at = starts[slots[mine[j]] - first_row]++;
+                grouped[at] = mine[j], grouped_bag[at] = bag_of[j];
+            }
+            order = grouped.data(), bag = grouped_bag.data();
+        }
+        for (int64_t j = 0; j < found; ++j) {
+            if (!by_slot && j + AHEAD < found) {
+                __builtin_prefetch(bank + slots[order[j + AHEAD]] * dim);
+                __builtin_prefetch(grad_bank + slots[order[j + AHEAD]] * dim, 1);
+            }
+            int64_t i = order[j];
+            const T* g = grad + bag[j] * dim;
+            if (grad_weights)
+                grad_weights[i] = dot_and_scatter(bank + slots[i] * dim, g, weights[i], grad_bank + slots[i] * dim, dim);
+            else
+                add_scaled(grad_bank + slots[i] * dim, weights[i], g, dim);
+        }
+    }
+}
 
 // gradients of out[b] = sum_t weights[b, t] * bank[slots[b, t]] given grad = d loss / d out [bags, dim]:
 // grad_weights[b, t] = <bank[slots[b, t]], grad[b]>, grad_bank[slot] += weights[b, t] * grad[b]. grad_bank
 // comes zeroed. With `out`, out[b] again (pool_bag, as pool_forward: the same bits), right after the
 // gradients have read its bag's rows into the cache (a caller that needs it in its backward need not keep it).
-// One pass over the bags, split among threads when there is no bank gradient to race on. With one on more
-// threads, the gradients by ranges of bank rows: each worker scans every retrieval, keeps those whose slot is in
-// its rows and does both gradients for them, so each row is read once and no two workers write one gradient row
-// (4096 rows at n 64 split among any number of threads, where the 64 columns of a latent row split among 4 at
-// most). A gradient row still gets its adds in the order of the retrievals: the same sums as one thread. Then
-// `out` by bags.
+// One pass over the bags, in their order: on one thread with a bank in the cache, and split among threads when
+// there is no bank gradient to race on. Otherwise the gradients by ranges of bank rows (gradients_of_rows: no two
+// workers write one gradient row, and 4096 rows at n 64 split among any number of threads, where the 64 columns of
+// a latent row split among 4 at most), grouped by slot for a bank larger than the cache; then `out` by bags.
+// Every path gives the same bits.
 template <typename T>
 int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* slots, const T* weights,
                   int64_t bags, int64_t bag_size, const T* grad, T* grad_bank, T* grad_weights, T* out,
                   int threads) {
     int64_t count = bags * bag_size;
     if (!slots_within(slots, count, n_slots)) return 1;
-    if (grad_bank && grad_weights && threads <= 1) {  // its own loop: inside the lambda below it runs 17% slower
+    bool in_cache = n_slots * dim * int64_t(sizeof(T)) <= BY_SLOT_BYTES;
+    if (grad_bank && grad_weights && threads <= 1 && in_cache) {  // its own loop: in a lambda it runs 17% slower
         for (int64_t b = 0; b < bags; ++b) {
             for (int64_t t = 0; t < bag_size; ++t) {
                 int64_t i = b * bag_size + t;
@@ -432,7 +478,7 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
         }
         return 0;
     }
-    if (!grad_bank || threads <= 1) {
+    if (!grad_bank || (threads <= 1 && in_cache)) {
         parallel(bags, grad_bank ? 1 : threads, 64, [=](int64_t begin, int64_t end) {
             for (int64_t b = begin; b < end; ++b) {
                 int64_t first = b * bag_size, last = first + bag_size;
@@ -452,27 +498,8 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
         return 0;
     }
     parallel(n_slots, threads, 64, [=](int64_t first_row, int64_t end_row) {
-        std::vector<int64_t> mine(SCAN), bag_of(SCAN);
-        for (int64_t start = 0; start < count; start += SCAN) {
-            int64_t stop = std::min(count, start + SCAN), found = 0;
-            for (int64_t i = start, b = start / bag_size, t = start % bag_size; i < stop; ++i) {
-                mine[found] = i, bag_of[found] = b;  // kept (found advances) when its slot is one of ours
-                found += uint64_t(slots[i] - first_row) < uint64_t(end_row - first_row);
-                if (++t == bag_size) t = 0, ++b;
-            }
-            for (int64_t j = 0; j < found; ++j) {
-                if (j + AHEAD < found) {
-                    __builtin_prefetch(bank + slots[mine[j + AHEAD]] * dim);
-                    __builtin_prefetch(grad_bank + slots[mine[j + AHEAD]] * dim, 1);
-                }
-                int64_t i = mine[j];
-                const T* g = grad + bag_of[j] * dim;
-                if (grad_weights)
-                    grad_weights[i] = dot_and_scatter(bank + slots[i] * dim, g, weights[i], grad_bank + slots[i] * dim, dim);
-                else
-                    add_scaled(grad_bank + slots[i] * dim, weights[i], g, dim);
-            }
-        }
+        (in_cache ? gradients_of_rows<false, T> : gradients_of_rows<true, T>)(
+            bank, dim, slots, weights, count, bag_size, grad, grad_bank, grad_weights, first_row, end_row);
     });
     if (out)
         parallel(bags, threads, 64, [=](int64_t begin, int64_t end) {
