@@ -27,6 +27,7 @@
 
     python benchmarks/memory_cost.py [--threads 1 2] [--rounds 7] [--compile] [--pytorch-path] [--out benchmarks/results]
     python benchmarks/memory_cost.py --from-json benchmarks/results/memory_cost.json   # table and plot again
+    python benchmarks/memory_cost.py --sections product_key_memory   # one section again, the rest kept from --out
 
 Writes memory_cost.md, memory_cost.json and memory_cost.png (the ratios, bars by path) to --out.
 """
@@ -34,11 +35,13 @@ Writes memory_cost.md, memory_cost.json and memory_cost.png (the ratios, bars by
 import argparse
 import contextlib
 import copy
+import datetime
 import itertools
 import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -480,6 +483,9 @@ def markdown(results: dict) -> str:
     env = results["environment"]
     lines += ["", f"Environment: {env['device']}, torch {env['torch']}, float32, batch 1; "
                   f"{results['settings']}; {results['rounds']} rounds."]
+    if "measured" in results:
+        lines += ["", "Measured: " + "; ".join(f"{section.replace('_', ' ')} at {stamp['commit']}, {stamp['started']}"
+                                               for section, stamp in results["measured"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -493,6 +499,9 @@ def main():
                         help="also time the memory layer's PyTorch path (MIDUS_CPU_KERNELS=0), its reference")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--from-json", type=Path, help="measure nothing: write the table and plot of a saved run")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="measure only these; the others are kept from the memory_cost.json in --out (each "
+                             "section records the commit and time it was measured at)")
     args = parser.parse_args()
     if args.from_json:
         results = json.loads(args.from_json.read_text())
@@ -507,18 +516,40 @@ def main():
     print(text)
 
 
+SECTIONS = ("added_cost", "product_key_memory", "breakdown", "training_memory")
+
+
 def measure(args) -> dict:
     settings = {"train_seq_len": args.tokens, "prefill_len": args.tokens, "decode_tokens": 32, "warmup": 2}
     results = {"settings": settings, "rounds": args.rounds, "compiled": args.compile, "pytorch_path": args.pytorch_path,
                "environment": {"device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads by default)",
                                "torch": torch.__version__}}
-    with tempfile.TemporaryDirectory(prefix="memory-cost-") as folder:
-        results["added_cost"] = added_costs(Path(folder), args.threads, args.rounds, settings, args.compile,
-                                            args.pytorch_path)
+    if set(args.sections) != set(SECTIONS):
+        saved = args.out / "memory_cost.json"
+        if not saved.exists():
+            raise SystemExit(f"error: --sections measures a part of a run; {saved} holds no run to keep the rest of")
+        kept = json.loads(saved.read_text())
+        if (kept["settings"], kept["rounds"]) != (settings, args.rounds):
+            raise SystemExit(f"error: {saved} was measured with {kept['settings']} and {kept['rounds']} rounds, "
+                             f"not {settings} and {args.rounds}")
+        results = {**kept, "environment": results["environment"]}
+        if "added_cost" in args.sections:
+            results.update(compiled=args.compile, pytorch_path=args.pytorch_path)
+    stamp = {"commit": subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                                      capture_output=True, text=True).stdout.strip() or "unknown",
+             "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    if "added_cost" in args.sections:
+        with tempfile.TemporaryDirectory(prefix="memory-cost-") as folder:
+            results["added_cost"] = added_costs(Path(folder), args.threads, args.rounds, settings, args.compile,
+                                                args.pytorch_path)
     torch.set_num_threads(args.threads[0])
-    results["product_key_memory"] = against_product_key_memory(args.tokens, 2 * args.rounds + 1)
-    results["breakdown"] = block_breakdown(args.tokens, args.rounds, args.threads)
-    results["training_memory"] = training_memory(args.tokens)
+    if "product_key_memory" in args.sections:
+        results["product_key_memory"] = against_product_key_memory(args.tokens, 2 * args.rounds + 1)
+    if "breakdown" in args.sections:
+        results["breakdown"] = block_breakdown(args.tokens, args.rounds, args.threads)
+    if "training_memory" in args.sections:
+        results["training_memory"] = training_memory(args.tokens)
+    results["measured"] = {**results.get("measured", {}), **{section: stamp for section in args.sections}}
     return results
 
 
