@@ -64,3 +64,34 @@ def test_cases_take_turns_in_an_order_rotating_from_round_to_round(script):
     times = script.interleaved(cases, repeats=4, warmup=1)
     assert calls == list("abc") + list("abc" "bca" "cab" "abc")
     assert {name: len(seconds) for name, seconds in times.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+def sections_args(script, out, *argv):
+    import argparse
+
+    args = argparse.Namespace(threads=[1], rounds=11, tokens=256, compile=False, pytorch_path=False, out=out,
+                              sections=list(script.SECTIONS))
+    for name, value in zip(argv[::2], argv[1::2]):
+        setattr(args, name, value)
+    return args
+
+
+def test_sections_measures_some_and_keeps_the_rest_of_the_saved_run(script, results, tmp_path, monkeypatch):
+    (tmp_path / "memory_cost.json").write_text(json.dumps(results))
+    remeasured = copy.deepcopy(results["training_memory"])
+    remeasured["memory block"]["saved_activations_mib"] = 1.0
+    monkeypatch.setattr(script, "training_memory", lambda tokens: remeasured)
+    again = script.measure(sections_args(script, tmp_path, "sections", ["training_memory"]))
+    assert again["training_memory"] == remeasured
+    for section in ("added_cost", "product_key_memory", "breakdown"):
+        assert again[section] == results[section] and again["measured"][section] == results["measured"][section]
+    assert again["measured"]["training_memory"] != results["measured"]["training_memory"]
+    assert "Measured: " in script.markdown(again)
+
+
+def test_sections_without_a_saved_run_or_with_other_rounds_is_a_one_line_error(script, results, tmp_path):
+    with pytest.raises(SystemExit, match="holds no run to keep the rest of"):
+        script.measure(sections_args(script, tmp_path, "sections", ["training_memory"]))
+    (tmp_path / "memory_cost.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="11 rounds, not .* and 7"):
+        script.measure(sections_args(script, tmp_path, "sections", ["training_memory"], "rounds", 7))
