@@ -1,7 +1,8 @@
 """One memory block of this tree against the same block at an earlier git revision: same weights, taking
 turns in one process, the order rotating (training step, prefill, one decoded token with the KV cache),
-next to a full Llama block for scale. The model folder has relative imports only (it ships as remote code), so the old copy
-is imported as its own package; the two must give the same outputs (checked) before anything is timed.
+next to a full Llama block for scale. The model folder has relative imports only (it ships as remote
+code), so the old copy is imported as its own package; the two must give the same outputs (checked)
+before anything is timed.
 
     python benchmarks/memory_block_versions.py --against 6437a5a [--widths smol 1b] [--threads 1 2] [--out DIR]
 

@@ -75,6 +75,7 @@ GOALS = {  # MIDUS ÷ LLaMA Pro added cost per block, from issue 13
     ("Llama-3.2-1B", "prefill_s"): ("≤ 1.15 × FLOP ratio", "flops"),
     ("Llama-3.2-1B", "decode_s_per_token"): ("≤ 0.3", 0.3),
 }
+SECTIONS = ("added_cost", "product_key_memory", "breakdown", "training_memory")  # of a run, in its order
 PHASES = {"train_step_s": "training step", "prefill_s": "prefill", "decode_s_per_token": "decode (per token)"}
 INFERENCE = ("prefill_s", "decode_s_per_token")
 
@@ -300,8 +301,9 @@ def block_breakdown(tokens: int, rounds: int, threads: list[int]) -> list[dict]:
 
         def cases_of(name, run):
             cache = DynamicCache()
+            with_cache = {CACHE_ARG if name in ("full block", "memory block") else "cache": cache}  # blocks: HF's name
             with torch.no_grad():
-                run(x, **context, **{CACHE_ARG if name in ("full block", "memory block") else "cache": cache})
+                run(x, **context, **with_cache)
 
             def train(_):
                 out = run(x, **context)
@@ -313,7 +315,7 @@ def block_breakdown(tokens: int, rounds: int, threads: list[int]) -> list[dict]:
 
             def decode(_):
                 with torch.no_grad():
-                    run(token, **next_position, **{CACHE_ARG if name in ("full block", "memory block") else "cache": cache})
+                    run(token, **next_position, **with_cache)
                 cache.crop(-1)
 
             return {(name, "train"): (train, (None,)), (name, "prefill"): (prefill, (None,)),
@@ -514,9 +516,6 @@ def main():
     (args.out / "memory_cost.md").write_text(text)
     plot(results, args.out / "memory_cost.png")
     print(text)
-
-
-SECTIONS = ("added_cost", "product_key_memory", "breakdown", "training_memory")
 
 
 def measure(args) -> dict:

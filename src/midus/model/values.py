@@ -43,7 +43,7 @@ def pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor,
     elif float32_backward(bank.device.type, bank.dtype, backward):
         pooled = F.embedding_bag(slots, bank.float(), per_sample_weights=weights.float(), mode="sum").to(bank.dtype)
     # with a gradient on the CPU the kernels too (compiled: embedding_bag)
-    elif kernels_support(bank) and not torch.compiler.is_compiling():
+    elif backward and kernels_support(bank) and not torch.compiler.is_compiling():
         return KernelPool.apply(bank, slots, weights, projection)
     else:
         pooled = F.embedding_bag(slots, bank, per_sample_weights=weights, mode="sum")
@@ -123,7 +123,8 @@ class HiveValues(MemoryValues):
     def forward(self, slots, weights, shared_bank=None, head_mask=None):
         if head_mask is not None:  # m_h z_h: the head's weights scaled
             weights = weights * head_mask.view(1, self.heads, 1).to(weights.dtype)
-        bank, slots, weights, proj = self.resolve_bank(shared_bank), slots.flatten(0, 1), weights.flatten(0, 1), self.proj
+        bank, proj = self.resolve_bank(shared_bank), self.proj
+        slots, weights = slots.flatten(0, 1), weights.flatten(0, 1)
         if type(proj) is HiveProjection and not (proj._forward_hooks or proj._forward_pre_hooks):
             return pool(bank, slots, weights, proj.weight)  # one op: on the CPU the latents are not kept
         return proj(pool(bank, slots, weights).view(-1, self.heads * self.latent_dim))  # LoRA, hooks
