@@ -188,19 +188,51 @@ def test_pool_takes_the_kernel_backward_on_the_cpu_and_matches_the_reference(mon
         torch.testing.assert_close(mine, reference)
 
 
+def winners_gradients(query, keys, slots, grad, norm):
+    """The reference: autograd through the winners' sums gathered from the whole score grid."""
+    query, keys = query.detach().requires_grad_(), keys.detach().requires_grad_()
+    scores = sub_key_scores(normalize_query(query, norm), keys)
+    n = keys.shape[2]
+    best = scores[:, :, 0].gather(-1, slots.div(n, rounding_mode="floor")) + scores[:, :, 1].gather(-1, slots % n)
+    return torch.autograd.grad(best, (query, keys), grad)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pair_scores_backward_equals_the_scatter_into_the_grid(dtype):
-    torch.manual_seed(8)
-    scores = torch.randn(30, 3, 2, 16, dtype=dtype, requires_grad=True)
-    best, slots = cpu_kernels.select(scores.detach(), 8)
-    slots[0, 0] = torch.tensor([0, 1, 2, 3, 16, 32, 48, 255])  # repeated rows and columns
-    grad = torch.randn(30, 3, 8, dtype=dtype)
-    rows, columns = slots.div(16, rounding_mode="floor"), slots.remainder(16)
-    through_gather = scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)
-    expected = torch.autograd.grad(through_gather, scores, grad)[0]
-    torch.testing.assert_close(cpu_kernels.pair_scores_backward(grad, slots, 16), expected, rtol=0, atol=0)
+@pytest.mark.parametrize("norm", ["none", "rms", "layer"])
+@pytest.mark.parametrize("n, k, head_dim", [(16, 8, 8), (64, 32, 64), (32, 7, 18)])
+def test_scores_backward_equals_autograd_through_the_score_grid(dtype, norm, n, k, head_dim):
+    torch.manual_seed(n + k)
+    query = 3 * torch.randn(30, 3, head_dim, dtype=dtype) + 1
+    keys = torch.randn(3, 2, n, head_dim // 2, dtype=dtype)
+    _, slots = cpu_kernels.select(sub_key_scores(normalize_query(query, norm), keys), k)
+    slots[0, 0, :4] = torch.tensor([0, 1, n, 2 * n + 1])  # repeated rows and columns
+    grad = torch.randn(30, 3, k, dtype=dtype)
+    grad_query, grad_keys = cpu_kernels.scores_backward(query, keys, slots, grad, norm)
+    expected_query, expected_keys = winners_gradients(query, keys, slots, grad, norm)
+    torch.testing.assert_close(grad_query, expected_query)
+    torch.testing.assert_close(grad_keys, expected_keys)
+
+
+def test_scores_backward_over_threads_equals_one_thread():
+    torch.manual_seed(3)
+    query, keys = torch.randn(200, 5, 32), torch.randn(5, 2, 64, 16)
+    _, slots = cpu_kernels.select(sub_key_scores(normalize_query(query, "rms"), keys), 32)
+    grad = torch.randn(200, 5, 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu_kernels.scores_backward(query, keys, slots, grad, "rms")
+        torch.set_num_threads(3)
+        three = cpu_kernels.scores_backward(query, keys, slots, grad, "rms")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, three))
+
+
+def test_scores_backward_refuses_a_slot_outside_the_grid():
     with pytest.raises(IndexError, match="outside the 16 x 16 grid"):
-        cpu_kernels.pair_scores_backward(grad[:1, :1], torch.full((1, 1, 8), 256), 16)
+        cpu_kernels.scores_backward(torch.randn(1, 1, 8), torch.randn(1, 2, 16, 4), torch.full((1, 1, 8), 256),
+                                    torch.randn(1, 1, 8), "rms")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

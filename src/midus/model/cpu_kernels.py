@@ -4,8 +4,9 @@
 - `select`: the exact product-key top-k of every (token, head) in one pass. PyTorch needs a `topk`
   per half (about 1 us a row of 64 on one core), the staircase's adds, a second `topk` and gathers;
   this kernel does one query's both halves and the pairs in about 0.8 us (n 64, k 32);
-- `pair_scores_backward`: the score grid's gradient in training, each winner's summed into its two
-  sub-keys (a zeroed grid and two scatters of int64 divisions on the PyTorch path);
+- `scores_backward`: the retrieval's gradient in training, the query's (through its norm) and the sub-keys',
+  from the few sub-keys each query retrieved (the PyTorch path scatters the winners into a score grid
+  [N, H, 2, n] and runs two batched matmuls over all of it);
 - `retrieve`: decode's whole retrieval (norm, sub-key scores, selection, softmax) of a few queries in
   one call, where a dozen PyTorch ops each cost more in dispatch than in work;
 - `pool` and `pool_backward`: the weighted pooling `sum_t w_t bank[slot_t]` and its gradients, the
@@ -509,15 +510,28 @@ int pool_backward(const T* bank, int64_t n_slots, int64_t dim, const int64_t* sl
     return 0;
 }
 
-// a query normalised as F.rms_norm / F.layer_norm do without a scale (norm 1 / 2; 0: copied), in double
+// the sum of term(d) over [0, size) in 8 running sums, as dot()
+template <typename F>
+double sum_over(int size, F term) {
+    double sums[8] = {};
+    int d = 0;
+    for (; d + 8 <= size; d += 8)
+        for (int j = 0; j < 8; ++j) sums[j] += term(d + j);
+    for (; d < size; ++d) sums[0] += term(d);
+    double total = 0;
+    for (int j = 0; j < 8; ++j) total += sums[j];
+    return total;
+}
+
+// a query normalised as F.rms_norm / F.layer_norm do without a scale (norm 1 / 2; 0: copied), in double:
+// out = (x - mean) * scale; returns the scale
 template <typename T>
-void normalize(const T* __restrict x, int size, int norm, double eps, T* __restrict out) {
-    double mean = 0, square = 0;
-    for (int d = 0; d < size; ++d) mean += x[d];
-    mean = norm == 2 ? mean / size : 0.0;
-    for (int d = 0; d < size; ++d) square += (x[d] - mean) * (x[d] - mean);
+double normalize(const T* __restrict x, int size, int norm, double eps, T* __restrict out) {
+    double mean = norm == 2 ? sum_over(size, [=](int d) { return double(x[d]); }) / size : 0.0;
+    double square = norm == 0 ? 0.0 : sum_over(size, [=](int d) { return (x[d] - mean) * (x[d] - mean); });
     double scale = norm == 0 ? 1.0 : 1.0 / std::sqrt(square / size + eps);
     for (int d = 0; d < size; ++d) out[d] = T((x[d] - mean) * scale);
+    return scale;
 }
 
 // the whole retrieval of a few queries without gradients (decode): each (token, head) query [tokens, heads,
@@ -545,19 +559,59 @@ int retrieve(const T* query, const T* keys, int64_t tokens, int64_t heads, int k
     return 0;
 }
 
-// d loss / d scores of best[m, t] = scores[m, 0, slot / n] + scores[m, 1, slot % n], slot = slots[m, t],
-// given grad [rows, k]: the score grid's gradient [rows, 2, n] (zeroed here, then summed into; by rows)
+// gradients of best[m, t] = <y_row, keys[head, 0, i]> + <y_col, keys[head, 1, j]> (slot = i n + j; y the query
+// [rows, key_dim] normalised as `normalize`, its halves y_row and y_col; m = token * heads + head) given
+// grad [rows, k]: grad_query [rows, key_dim] through the norm, and grad_keys [heads, 2, n, key_dim / 2]. Each
+// sub-key a query retrieved gets its winners' gradients summed (in their order), then one row's share each way:
+// a query reads its few retrieved sub-keys, where the score grid's matmuls read all 2n. By heads: no two workers
+// write one head's keys, and each key row gets its adds in token order, whatever the number of threads.
 template <typename T>
-int pair_scores_backward(const T* grad, const int64_t* slots, int64_t rows, int n, int k, T* grid, int threads) {
-    if (!slots_within(slots, rows * k, int64_t(n) * n)) return 1;
-    parallel(rows, threads, 256, [=](int64_t begin, int64_t end) {
-        for (int64_t m = begin; m < end; ++m) {
-            T* __restrict g = grid + m * 2 * n;
-            std::fill(g, g + 2 * n, T(0));
-            for (int t = 0; t < k; ++t) {
-                uint32_t slot = uint32_t(slots[m * k + t]), row = slot / uint32_t(n);  // 32-bit: a faster divide
-                g[row] += grad[m * k + t];
-                g[n + slot - row * n] += grad[m * k + t];
+int scores_backward(const T* query, const T* keys, const int64_t* slots, const T* grad, int64_t tokens,
+                    int64_t heads, int key_dim, int n, int k, int norm, double eps, T* grad_query, T* grad_keys,
+                    int threads) {
+    if (!slots_within(slots, tokens * heads * k, int64_t(n) * n)) return 1;
+    int half = key_dim / 2;
+    parallel(heads, threads, 1, [=](int64_t first_head, int64_t end_head) {
+        std::vector<T> y(key_dim), dy(key_dim), summed(2 * n, T(0));
+        std::vector<int64_t> last_query(2 * n, -1);  // the query that last retrieved each sub-key
+        std::vector<int32_t> retrieved(2 * k + 1);
+        for (int64_t head = first_head; head < end_head; ++head) {
+            const T* head_keys = keys + head * 2 * n * half;
+            T* head_grad = grad_keys + head * 2 * n * half;
+            std::fill(head_grad, head_grad + 2 * n * half, T(0));
+            for (int64_t token = 0; token < tokens; ++token) {
+                int64_t m = token * heads + head;
+                double scale = normalize(query + m * key_dim, key_dim, norm, eps, y.data());
+                int count = 0;  // sub-keys 0 .. n - 1: rows, n .. 2n - 1: columns; listed once, without a branch
+                for (int t = 0; t < k; ++t) {
+                    uint32_t slot = uint32_t(slots[m * k + t]), row = slot / uint32_t(n);  // 32-bit: a faster divide
+                    for (int key : {int(row), int(n + slot - row * n)}) {
+                        retrieved[count] = key;
+                        count += last_query[key] != m;
+                        last_query[key] = m;
+                        summed[key] += grad[m * k + t];
+                    }
+                }
+                std::fill(dy.begin(), dy.end(), T(0));
+                for (int r = 0; r < count; ++r) {
+                    int key = retrieved[r], side = key < n ? 0 : 1;
+                    T g = summed[key];
+                    summed[key] = T(0);  // zeroed for the next query
+                    const T* __restrict sub_key = head_keys + int64_t(key) * half;
+                    T* __restrict sub_key_grad = head_grad + int64_t(key) * half;
+                    T* __restrict dy_half = dy.data() + side * half;
+                    const T* __restrict y_half = y.data() + side * half;
+                    for (int d = 0; d < half; ++d) {
+                        dy_half[d] += g * sub_key[d];
+                        sub_key_grad[d] += g * y_half[d];
+                    }
+                }
+                // through the norm: scale (dy - y mean(dy y)) for rms, minus its mean for layer, dy for none
+                double projection = norm == 0 ? 0.0 : sum_over(key_dim, [&](int d) { return double(dy[d]) * y[d]; });
+                auto centred = [&](int d) { return dy[d] - y[d] * projection / key_dim; };
+                double mean = norm == 2 ? sum_over(key_dim, centred) / key_dim : 0.0;
+                T* out = grad_query + m * key_dim;
+                for (int d = 0; d < key_dim; ++d) out[d] = T(scale * (centred(d) - mean));
             }
         }
     });
@@ -587,9 +641,11 @@ int pair_scores_backward(const T* grad, const int64_t* slots, int64_t rows, int 
                                 int k, int norm, double eps, int64_t* slots, T* weights, int threads) {           \
         return retrieve(query, keys, tokens, heads, key_dim, n, k, norm, eps, slots, weights, threads);           \
     }                                                                                                             \
-    int midus_pair_scores_backward_##suffix(const T* grad, const int64_t* slots, int64_t rows, int n, int k,      \
-                                            T* grid, int threads) {                                               \
-        return pair_scores_backward(grad, slots, rows, n, k, grid, threads);                                      \
+    int midus_scores_backward_##suffix(const T* query, const T* keys, const int64_t* slots, const T* grad,         \
+                                       int64_t tokens, int64_t heads, int key_dim, int n, int k, int norm,         \
+                                       double eps, T* grad_query, T* grad_keys, int threads) {                     \
+        return scores_backward(query, keys, slots, grad, tokens, heads, key_dim, n, k, norm, eps, grad_query,      \
+                               grad_keys, threads);                                                                \
     }
 
 extern "C" {
@@ -688,9 +744,10 @@ def load(path: Path) -> ctypes.CDLL:
         retrieve = getattr(library, f"midus_retrieve_{suffix}")
         retrieve.argtypes = [pointer, pointer, i64, i64, i32, i32, i32, i32, ctypes.c_double, pointer, pointer, i32]
         retrieve.restype = i32
-        pairs = getattr(library, f"midus_pair_scores_backward_{suffix}")
-        pairs.argtypes = [pointer, pointer, i64, i32, i32, pointer, i32]
-        pairs.restype = i32
+        scores = getattr(library, f"midus_scores_backward_{suffix}")
+        scores.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i32, i32, i32, i32, ctypes.c_double,
+                           pointer, pointer, i32]
+        scores.restype = i32
     return library
 
 
@@ -813,14 +870,19 @@ def pool_backward(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor
     return grad_bank, grad_weights, out
 
 
-def pair_scores_backward(grad: torch.Tensor, slots: torch.Tensor, n: int) -> torch.Tensor:
-    """Gradient of the score grid [N, H, 2, n] of best[..., t] = s_row[slot // n] + s_col[slot % n], given
-    grad [N, H, k] and slots [N, H, k]: each winner's gradient summed into its row and its column sub-key."""
-    grad, slots = grad.contiguous(), slots.contiguous()
-    tokens, heads, topk = slots.shape
-    grid = grad.new_empty(tokens, heads, 2, n)
-    status = getattr(library(), f"midus_pair_scores_backward_{DTYPES[grad.dtype]}")(
-        grad.data_ptr(), slots.data_ptr(), tokens * heads, n, topk, grid.data_ptr(), torch.get_num_threads())
+def scores_backward(query: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, grad: torch.Tensor,
+                    norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the winners' scores best[..., t] = <y_row, keys[h, 0, slot // n]> + <y_col, keys[h, 1, slot % n]>
+    (y: query [N, H, d_k] normalised by `norm`, as `retrieval.normalize_query`; keys [H, 2, n, d_k/2]) given grad
+    [N, H, k] and slots [N, H, k]: the query's (through the norm) and the keys'."""
+    query, keys, slots, grad = (t.contiguous() for t in (query, keys, slots, grad))
+    tokens, heads, key_dim = query.shape
+    n = keys.shape[2]
+    grad_query, grad_keys = torch.empty_like(query), torch.empty_like(keys)
+    status = getattr(library(), f"midus_scores_backward_{DTYPES[query.dtype]}")(
+        query.data_ptr(), keys.data_ptr(), slots.data_ptr(), grad.data_ptr(), tokens, heads, key_dim, n,
+        slots.shape[-1], NORMS[norm], norm_eps(norm, query.dtype), grad_query.data_ptr(), grad_keys.data_ptr(),
+        torch.get_num_threads())
     if status:
         raise IndexError(f"a slot outside the {n} x {n} grid")
-    return grid
+    return grad_query, grad_keys

@@ -10,7 +10,7 @@ the final top-k.
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import pair_scores_backward as kernel_pair_scores_backward, select as kernel_selection
+from .cpu_kernels import scores_backward as kernel_scores_backward, select as kernel_selection
 from .cpu_kernels import norm_eps, supports as kernels_support
 
 # a bound on the n*n grid (one bank row per slot: a bigger grid could never be allocated)
@@ -120,15 +120,14 @@ class ProductKeyScores(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad, _):
         query, keys, slots = ctx.saved_tensors
+        if kernels_support(grad) and not torch.compiler.is_compiling():
+            return *kernel_scores_backward(query, keys, slots, grad, ctx.norm), None, None, None
         heads, _, n, half_dim = keys.shape
         # each winner's gradient into its two sub-keys' scores: the grid [N, H, 2, n], as [H*2, N, n]
-        if kernels_support(grad) and not torch.compiler.is_compiling():
-            grid = kernel_pair_scores_backward(grad, slots, n)
-        else:
-            rows, columns = sub_key_ids(slots, n)
-            grid = grad.new_zeros(*slots.shape[:2], 2, n)
-            grid[:, :, 0].scatter_add_(-1, rows, grad)
-            grid[:, :, 1].scatter_add_(-1, columns, grad)
+        rows, columns = sub_key_ids(slots, n)
+        grid = grad.new_zeros(*slots.shape[:2], 2, n)
+        grid[:, :, 0].scatter_add_(-1, rows, grad)
+        grid[:, :, 1].scatter_add_(-1, columns, grad)
         grid = grid.flatten(1, 2).transpose(0, 1)
         # scores = halves @ keys^T per (head, half), as in sub_key_scores
         compute = torch.promote_types(query.dtype, torch.float32)
