@@ -137,15 +137,15 @@ void top_positions(const K* __restrict keys, int count, int k, int32_t* __restri
         if (keys[p] == t) out[taken++] = p;
 }
 
-// rank of each of k keys (descending; keys has k + 8 entries); equal keys by position, recounted only where two
+// rank of each of k keys (descending; keys has k + 16 entries); equal keys by position, recounted only where two
 // keys are equal: the ranks count larger keys, so they sum to k(k-1)/2 when all keys differ and to less otherwise
 template <typename K>
 void ranks_of(const K* __restrict keys, const int32_t* __restrict positions, int k, int32_t* __restrict rank) {
-    for (int block = 0; block < k; block += 8) {  // eight ranks at a time, counted in a register
-        int32_t larger[8] = {};
+    for (int block = 0; block < k; block += 16) {  // sixteen ranks at a time, counted in registers
+        int32_t larger[16] = {};
         for (int j = 0; j < k; ++j)
-            for (int lane = 0; lane < 8; ++lane) larger[lane] += keys[j] > keys[block + lane];
-        for (int lane = 0; lane < 8 && block + lane < k; ++lane) rank[block + lane] = larger[lane];
+            for (int lane = 0; lane < 16; ++lane) larger[lane] += keys[j] > keys[block + lane];
+        for (int lane = 0; lane < 16 && block + lane < k; ++lane) rank[block + lane] = larger[lane];
     }
     int64_t sum = 0;
     for (int i = 0; i < k; ++i) sum += rank[i];
@@ -162,7 +162,7 @@ struct Scratch {
     std::vector<int32_t> top, rank, row_ids, col_ids, winners, pair_row, pair_col;
     std::vector<T> row_values, col_values, sums;
     Scratch(int n, int k, int pairs)
-        : keys(n), top_keys(k + 8), pair_keys(pairs), top(k + 8), rank(k), row_ids(k), col_ids(k),
+        : keys(n), top_keys(k + 16), pair_keys(pairs), top(k + 8), rank(k), row_ids(k), col_ids(k),
           winners(k + 8), pair_row(pairs), pair_col(pairs), row_values(k), col_values(k), sums(pairs) {
         for (int a = 0, p = 0; a < k; ++a)  // the staircase's pairs (a, b), a-major: (a + 1)(b + 1) <= k
             for (int b = 0; b < k / (a + 1); ++b, ++p) pair_row[p] = a, pair_col[p] = b;
