@@ -1,8 +1,9 @@
 """One memory block of this tree against the same block at an earlier git revision: same weights, taking
-turns in one process, the order rotating (training step, prefill, one decoded token with the KV cache),
-next to a full Llama block for scale. The model folder has relative imports only (it ships as remote
-code), so the old copy is imported as its own package; the two must give the same outputs (checked)
-before anything is timed.
+turns in one process, the order rotating (training step, prefill, one decoded token with the KV cache;
+then the memory layer alone, retrieval + pooling + HIVE projection on fixed heads' outputs, trained and
+forward only), next to a full Llama block for scale. The model folder has relative imports only (it ships
+as remote code), so the old copy is imported as its own package; the two must give the same outputs and
+gradients (checked) before anything is timed.
 
     python benchmarks/memory_block_versions.py --against 6437a5a [--widths smol 1b] [--threads 1 2] [--out DIR]
 
@@ -35,7 +36,7 @@ MODEL_FOLDER = "src/midus/model"
 WIDTHS = {"smol": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3),
           "1b": dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=8)}
 MEMORY = {"n_keys": 64, "topk": 32, "latent_dim": 64, "zero_init": "none"}
-ROUNDS = {"train": 15, "prefill": 30, "decode": 300}
+ROUNDS = {"train": 15, "prefill": 30, "decode": 300, "layer train": 15, "layer prefill": 30}
 TOKENS = 256
 
 
@@ -97,10 +98,30 @@ def measure(width: str, threads: int, old_package) -> list[dict]:
         caches[name].crop(-1)
         return out
 
+    # the memory layer alone (the full block, for scale, as in train and prefill)
+    heads_output = torch.randn(1, TOKENS, llama.num_attention_heads, llama.head_dim, requires_grad=True)
+
+    def layer_train(name):
+        if name == "full":
+            return train(name)
+        blocks[name].zero_grad(set_to_none=True)
+        heads_output.grad = None
+        blocks[name].memory(heads_output).sum().backward()
+
+    @torch.no_grad()
+    def layer_prefill(name):
+        return prefill(name) if name == "full" else blocks[name].memory(heads_output)
+
     torch.testing.assert_close(prefill("new"), prefill("old"))
     torch.testing.assert_close(decode("new"), decode("old"))
+    gradients = {}
+    for name in ("new", "old"):
+        train(name)
+        gradients[name] = [x.grad, *(p.grad for p in blocks[name].parameters())]
+    torch.testing.assert_close(gradients["new"], gradients["old"], rtol=1e-4, atol=1e-4)  # sums in other orders
     rows = []
-    for phase, run in (("train", train), ("prefill", prefill), ("decode", decode)):
+    for phase, run in (("train", train), ("prefill", prefill), ("decode", decode), ("layer train", layer_train),
+                       ("layer prefill", layer_prefill)):
         times = interleaved({name: (run, (name,)) for name in blocks}, ROUNDS[phase], warmup=3)
         ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
         speedup = [old / new for old, new in zip(times["old"], times["new"])]
@@ -122,7 +143,9 @@ def markdown(results: dict) -> str:
               "memory block now ms", "old ÷ full", "now ÷ full", "old ÷ now, per round [IQR]"]
     return "\n".join([f"One memory block now against {results['against']}, same weights, in one process, "
                       f"1 × {TOKENS} tokens (decode: one token after them), medians of the rounds "
-                      f"({', '.join(f'{p} {n}' for p, n in ROUNDS.items())}); torch {results['torch']}.", "",
+                      f"({', '.join(f'{p} {n}' for p, n in ROUNDS.items())}); torch {results['torch']}. "
+                      "The layer rows time the memory layer alone (retrieval, pooling and HIVE projection on "
+                      "fixed heads' outputs) against the full block's training step or forward.", "",
                       *markdown_table(header, rows, "lllrrrrrr")]) + "\n"
 
 

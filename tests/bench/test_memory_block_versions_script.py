@@ -24,7 +24,7 @@ def test_the_committed_table_is_the_one_its_json_gives(script):
     results = json.loads((BENCHMARKS / "results" / "memory_block_versions.json").read_text())
     assert script.markdown(results) == (BENCHMARKS / "results" / "memory_block_versions.md").read_text()
     assert {(r["width"], r["threads"], r["phase"]) for r in results["rows"]} == {
-        (w, t, p) for w in ("smol", "1b") for t in (1, 2) for p in ("train", "prefill", "decode")}
+        (w, t, p) for w in ("smol", "1b") for t in (1, 2) for p in script.ROUNDS}
 
 
 def test_a_revision_imports_as_its_own_package_with_the_same_outputs(script, tmp_path):
