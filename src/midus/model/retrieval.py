@@ -105,7 +105,9 @@ class ProductKeyScores(torch.autograd.Function):
     """`product_key_topk` with a gradient: the winners' sums s_row[i] + s_col[j], differentiable in the query and
     the keys. It keeps the query before its norm (the attention keeps it too, for its own backward), the keys
     and the slots (the pooling keeps them too); the backward normalises the query again, which is cheap, rather
-    than keeping it, and never keeps the [N, H, 2, n] score grid (benchmarks/memory_cost.py)."""
+    than keeping it, and never keeps the [N, H, 2, n] score grid (benchmarks/memory_cost.py). On the CPU the
+    backward is one kernel that reads only the sub-keys each query retrieved (cpu_kernels.scores_backward);
+    elsewhere, and as its reference, the grid's gradient and two batched matmuls over it."""
 
     @staticmethod
     def forward(ctx, query, keys, topk, norm, kernel):
