@@ -188,6 +188,12 @@ def test_pool_takes_the_kernel_backward_on_the_cpu_and_matches_the_reference(mon
         torch.testing.assert_close(mine, reference)
 
 
+def off_centre_query_and_keys(tokens, heads, head_dim, n, dtype, seed):
+    """Queries [tokens, heads, head_dim] with a mean and a scale for the norms to remove, and sub-keys."""
+    torch.manual_seed(seed)
+    return 3 * torch.randn(tokens, heads, head_dim, dtype=dtype) + 1, torch.randn(heads, 2, n, head_dim // 2, dtype=dtype)
+
+
 def winners_gradients(query, keys, slots, grad, norm):
     """The reference: autograd through the winners' sums gathered from the whole score grid."""
     query, keys = query.detach().requires_grad_(), keys.detach().requires_grad_()
@@ -201,9 +207,7 @@ def winners_gradients(query, keys, slots, grad, norm):
 @pytest.mark.parametrize("norm", ["none", "rms", "layer"])
 @pytest.mark.parametrize("n, k, head_dim", [(16, 8, 8), (64, 32, 64), (32, 7, 18)])
 def test_scores_backward_equals_autograd_through_the_score_grid(dtype, norm, n, k, head_dim):
-    torch.manual_seed(n + k)
-    query = 3 * torch.randn(30, 3, head_dim, dtype=dtype) + 1
-    keys = torch.randn(3, 2, n, head_dim // 2, dtype=dtype)
+    query, keys = off_centre_query_and_keys(30, 3, head_dim, n, dtype, seed=n + k)
     _, slots = cpu_kernels.select(sub_key_scores(normalize_query(query, norm), keys), k)
     slots[0, 0, :4] = torch.tensor([0, 1, n, 2 * n + 1])  # repeated rows and columns
     grad = torch.randn(30, 3, k, dtype=dtype)
@@ -239,9 +243,7 @@ def test_scores_backward_refuses_a_slot_outside_the_grid():
 @pytest.mark.parametrize("norm", ["none", "rms", "layer"])
 @pytest.mark.parametrize("n, k, head_dim", [(8, 8, 4), (64, 32, 64), (32, 7, 18)])
 def test_one_call_retrieval_equals_norm_scores_selection_and_softmax(dtype, norm, n, k, head_dim):
-    torch.manual_seed(n + k)
-    query = 3 * torch.randn(5, 4, head_dim, dtype=dtype) + 1
-    keys = torch.randn(4, 2, n, head_dim // 2, dtype=dtype)
+    query, keys = off_centre_query_and_keys(5, 4, head_dim, n, dtype, seed=n + k)
     slots, weights = cpu_kernels.retrieve(query, keys, k, norm)
     normalized = normalize_query(query, norm)
     best, expected_slots = reference_selection(sub_key_scores(normalized, keys), k)
