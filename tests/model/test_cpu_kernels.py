@@ -217,6 +217,31 @@ def test_scores_backward_equals_autograd_through_the_score_grid(dtype, norm, n, 
     torch.testing.assert_close(grad_keys, expected_keys)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scores_backward_takes_half_precision_in_float32_with_its_own_eps(dtype, monkeypatch):
+    import midus.model.retrieval as retrieval_module
+
+    torch.manual_seed(5)  # queries small enough that the half dtype's eps (F.rms_norm's default) weighs in the norm
+    query = (0.05 * torch.randn(30, 3, 64)).to(dtype).requires_grad_()
+    keys = torch.randn(3, 2, 64, 32).to(dtype).requires_grad_()
+    calls = []
+    monkeypatch.setattr(retrieval_module, "kernel_scores_backward",
+                        lambda *args: calls.append(1) or cpu_kernels.scores_backward(*args))
+    best, slots = product_key_topk(query, keys, 32, "rms")
+    grad = torch.randn(best.shape).to(dtype)
+    grad_query, grad_keys = torch.autograd.grad(best, (query, keys), grad)
+    assert calls == [1] and grad_query.dtype == grad_keys.dtype == dtype
+    # the reference in float64, normalised with the half dtype's eps as the forward was (F.rms_norm's default)
+    query64, keys64 = query.detach().double().requires_grad_(), keys.detach().double().requires_grad_()
+    normalized = torch.nn.functional.rms_norm(query64, (64,), eps=torch.finfo(dtype).eps)
+    scores = sub_key_scores(normalized, keys64)
+    rows, columns = slots.div(64, rounding_mode="floor"), slots % 64
+    winners = scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)
+    expected = torch.autograd.grad(winners, (query64, keys64), grad.double())
+    torch.testing.assert_close(grad_query.double(), expected[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad_keys.double(), expected[1], rtol=2e-2, atol=2e-2)
+
+
 def test_scores_backward_over_threads_equals_one_thread():
     torch.manual_seed(3)
     query, keys = torch.randn(200, 5, 32), torch.randn(5, 2, 64, 16)

@@ -658,7 +658,7 @@ FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC"]
 OPENMP = ["-fopenmp"]  # PyTorch's thread pool (see parallel() above); dropped if refused
 NATIVE = ["-march=native"]  # built where it runs: the cache key names the CPU; dropped if refused
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-HALF_DTYPES = (torch.bfloat16, torch.float16)  # the selection takes their scores in float32
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # the selection and the retrieval's backward take them in float32
 
 logger = logging.get_logger("transformers.midus")
 _lock = threading.Lock()
@@ -874,14 +874,23 @@ def scores_backward(query: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor
                     norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the winners' scores best[..., t] = <y_row, keys[h, 0, slot // n]> + <y_col, keys[h, 1, slot % n]>
     (y: query [N, H, d_k] normalised by `norm`, as `retrieval.normalize_query`; keys [H, 2, n, d_k/2]) given grad
-    [N, H, k] and slots [N, H, k]: the query's (through the norm) and the keys'."""
+    [N, H, k] and slots [N, H, k]: the query's (through the norm) and the keys'. bfloat16 and float16 are
+    computed in float32 (with their own norm's eps) and returned in their dtype."""
+    eps = norm_eps(norm, query.dtype)
+    if query.dtype in HALF_DTYPES:
+        grad_query, grad_keys = _scores_backward(query.float(), keys.float(), slots, grad.float(), norm, eps)
+        return grad_query.to(query.dtype), grad_keys.to(keys.dtype)
+    return _scores_backward(query, keys, slots, grad, norm, eps)
+
+
+def _scores_backward(query, keys, slots, grad, norm, eps):
     query, keys, slots, grad = (t.contiguous() for t in (query, keys, slots, grad))
     tokens, heads, key_dim = query.shape
     n = keys.shape[2]
     grad_query, grad_keys = torch.empty_like(query), torch.empty_like(keys)
     status = getattr(library(), f"midus_scores_backward_{DTYPES[query.dtype]}")(
         query.data_ptr(), keys.data_ptr(), slots.data_ptr(), grad.data_ptr(), tokens, heads, key_dim, n,
-        slots.shape[-1], NORMS[norm], norm_eps(norm, query.dtype), grad_query.data_ptr(), grad_keys.data_ptr(),
+        slots.shape[-1], NORMS[norm], eps, grad_query.data_ptr(), grad_keys.data_ptr(),
         torch.get_num_threads())
     if status:
         raise IndexError(f"a slot outside the {n} x {n} grid")

@@ -122,7 +122,7 @@ class ProductKeyScores(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad, _):
         query, keys, slots = ctx.saved_tensors
-        if kernels_support(grad) and not torch.compiler.is_compiling():
+        if kernels_support(grad, half_precision=True) and not torch.compiler.is_compiling():
             return *kernel_scores_backward(query, keys, slots, grad, ctx.norm), None, None, None
         heads, _, n, half_dim = keys.shape
         # each winner's gradient into its two sub-keys' scores: the grid [N, H, 2, n], as [H*2, N, n]
