@@ -218,9 +218,14 @@ def test_scores_backward_equals_autograd_through_the_score_grid(dtype, norm, n, 
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_scores_backward_takes_half_precision_in_float32_with_its_own_eps(dtype, monkeypatch):
+@pytest.mark.parametrize("kernels", [True, False])
+def test_retrieval_backward_in_half_precision_normalises_with_its_own_eps(dtype, kernels, monkeypatch):
+    """The kernel (in float32) and the PyTorch path (matmuls in the half dtype) both normalise the query again with
+    the eps the forward's F.rms_norm took: the half dtype's (bf16: 2^-7). float32's gave a gradient 100% off here."""
     import midus.model.retrieval as retrieval_module
 
+    if not kernels:
+        monkeypatch.setattr(retrieval_module, "kernels_support", lambda tensor, half_precision=False: False)
     torch.manual_seed(5)  # queries small enough that the half dtype's eps (F.rms_norm's default) weighs in the norm
     query = (0.05 * torch.randn(30, 3, 64)).to(dtype).requires_grad_()
     keys = torch.randn(3, 2, 64, 32).to(dtype).requires_grad_()
@@ -230,7 +235,7 @@ def test_scores_backward_takes_half_precision_in_float32_with_its_own_eps(dtype,
     best, slots = product_key_topk(query, keys, 32, "rms")
     grad = torch.randn(best.shape).to(dtype)
     grad_query, grad_keys = torch.autograd.grad(best, (query, keys), grad)
-    assert calls == [1] and grad_query.dtype == grad_keys.dtype == dtype
+    assert calls == ([1] if kernels else []) and grad_query.dtype == grad_keys.dtype == dtype
     # the reference in float64, normalised with the half dtype's eps as the forward was (F.rms_norm's default)
     query64, keys64 = query.detach().double().requires_grad_(), keys.detach().double().requires_grad_()
     normalized = torch.nn.functional.rms_norm(query64, (64,), eps=torch.finfo(dtype).eps)
@@ -238,8 +243,8 @@ def test_scores_backward_takes_half_precision_in_float32_with_its_own_eps(dtype,
     rows, columns = slots.div(64, rounding_mode="floor"), slots % 64
     winners = scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)
     expected = torch.autograd.grad(winners, (query64, keys64), grad.double())
-    torch.testing.assert_close(grad_query.double(), expected[0], rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(grad_keys.double(), expected[1], rtol=2e-2, atol=2e-2)
+    for got, reference in zip((grad_query, grad_keys), expected):  # the half dtype's rounding: within 2% of the norm
+        assert (got.double() - reference).norm() <= 2e-2 * reference.norm()
 
 
 def test_scores_backward_over_threads_equals_one_thread():
