@@ -63,11 +63,12 @@ def needs_gradient(*tensors: torch.Tensor | None) -> bool:
 
 
 def normalize_query(query: torch.Tensor, kind: str) -> torch.Tensor:
-    """Parameter-free norm over each head's query (a learnable scale would duplicate the keys')."""
+    """Parameter-free norm over each head's query (a learnable scale would duplicate the keys'), with the eps of
+    `norm_eps`, which the backward and the kernels normalise with too (the query's dtype's for rms)."""
     if kind == "rms":
-        return F.rms_norm(query, (query.shape[-1],))
+        return F.rms_norm(query, (query.shape[-1],), eps=norm_eps(kind, query.dtype))
     if kind == "layer":
-        return F.layer_norm(query, (query.shape[-1],))
+        return F.layer_norm(query, (query.shape[-1],), eps=norm_eps(kind, query.dtype))
     return query
 
 
