@@ -219,14 +219,15 @@ def test_scores_backward_equals_autograd_through_the_score_grid(dtype, norm, n, 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kernels", [True, False])
-def test_retrieval_backward_in_half_precision_normalises_with_its_own_eps(dtype, kernels, monkeypatch):
+def test_retrieval_backward_in_half_precision_normalises_with_the_forwards_eps(dtype, kernels, monkeypatch):
     """The kernel (in float32) and the PyTorch path (matmuls in the half dtype) both normalise the query again with
-    the eps the forward's F.rms_norm took: the half dtype's (bf16: 2^-7). float32's gave a gradient 100% off here."""
+    the eps the forward took (float32's in every dtype); a backward with another eps than the forward's (bf16's
+    2^-7 against float32's) gave a gradient 100% off here."""
     import midus.model.retrieval as retrieval_module
 
     if not kernels:
         monkeypatch.setattr(retrieval_module, "kernels_support", lambda tensor, half_precision=False: False)
-    torch.manual_seed(5)  # queries small enough that the half dtype's eps (F.rms_norm's default) weighs in the norm
+    torch.manual_seed(5)  # queries small enough that the half dtype's eps (2^-7 in bf16) would weigh in the norm
     query = (0.05 * torch.randn(30, 3, 64)).to(dtype).requires_grad_()
     keys = torch.randn(3, 2, 64, 32).to(dtype).requires_grad_()
     calls = []
@@ -236,9 +237,9 @@ def test_retrieval_backward_in_half_precision_normalises_with_its_own_eps(dtype,
     grad = torch.randn(best.shape).to(dtype)
     grad_query, grad_keys = torch.autograd.grad(best, (query, keys), grad)
     assert calls == ([1] if kernels else []) and grad_query.dtype == grad_keys.dtype == dtype
-    # the reference in float64, normalised with the half dtype's eps as the forward was (F.rms_norm's default)
+    # the reference in float64, normalised with float32's eps as the forward was
     query64, keys64 = query.detach().double().requires_grad_(), keys.detach().double().requires_grad_()
-    normalized = torch.nn.functional.rms_norm(query64, (64,), eps=torch.finfo(dtype).eps)
+    normalized = torch.nn.functional.rms_norm(query64, (64,), eps=torch.finfo(torch.float32).eps)
     scores = sub_key_scores(normalized, keys64)
     rows, columns = slots.div(64, rounding_mode="floor"), slots % 64
     winners = scores[:, :, 0].gather(-1, rows) + scores[:, :, 1].gather(-1, columns)

@@ -791,16 +791,21 @@ def _pool(bank: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> tor
 NORMS = {"none": 0, "rms": 1, "layer": 2}
 
 
-def norm_eps(kind: str, dtype: torch.dtype) -> float:
-    """The eps of the query norms: F.rms_norm's default (the dtype's) and F.layer_norm's (1e-5)."""
-    return torch.finfo(dtype).eps if kind == "rms" else 1e-5
+# one eps per query norm, whatever the dtype, so that a checkpoint retrieves alike in float32 and bfloat16
+# (F.rms_norm's default is the input dtype's eps: 2^-7 in bfloat16, large against a small query's mean square)
+NORM_EPS = {"none": 0.0, "rms": torch.finfo(torch.float32).eps, "layer": 1e-5}
+
+
+def norm_eps(kind: str) -> float:
+    """The eps of the query norm `kind`: float32's for rms (F.rms_norm's default there), F.layer_norm's for layer."""
+    return NORM_EPS[kind]
 
 
 def _retrieve(query: torch.Tensor, keys: torch.Tensor, topk: int, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     query, keys = query.contiguous(), keys.contiguous()
     tokens, heads, key_dim = query.shape
     n = keys.shape[2]
-    eps = norm_eps(norm, query.dtype)
+    eps = norm_eps(norm)
     slots = torch.empty(tokens, heads, topk, dtype=torch.long)
     weights = query.new_empty(tokens, heads, topk)
     status = getattr(library(), f"midus_retrieve_{DTYPES[query.dtype]}")(
@@ -875,8 +880,8 @@ def scores_backward(query: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor
     """Gradients of the winners' scores best[..., t] = <y_row, keys[h, 0, slot // n]> + <y_col, keys[h, 1, slot % n]>
     (y: query [N, H, d_k] normalised by `norm`, as `retrieval.normalize_query`; keys [H, 2, n, d_k/2]) given grad
     [N, H, k] and slots [N, H, k]: the query's (through the norm) and the keys'. bfloat16 and float16 are
-    computed in float32 (with their own norm's eps) and returned in their dtype."""
-    eps = norm_eps(norm, query.dtype)
+    computed in float32 and returned in their dtype."""
+    eps = norm_eps(norm)
     if query.dtype in HALF_DTYPES:
         grad_query, grad_keys = _scores_backward(query.float(), keys.float(), slots, grad.float(), norm, eps)
         return grad_query.to(query.dtype), grad_keys.to(keys.dtype)

@@ -64,11 +64,11 @@ def needs_gradient(*tensors: torch.Tensor | None) -> bool:
 
 def normalize_query(query: torch.Tensor, kind: str) -> torch.Tensor:
     """Parameter-free norm over each head's query (a learnable scale would duplicate the keys'), with the eps of
-    `norm_eps`, which the backward and the kernels normalise with too (the query's dtype's for rms)."""
+    `norm_eps` in every dtype, which the backward and the kernels normalise with too."""
     if kind == "rms":
-        return F.rms_norm(query, (query.shape[-1],), eps=norm_eps(kind, query.dtype))
+        return F.rms_norm(query, (query.shape[-1],), eps=norm_eps(kind))
     if kind == "layer":
-        return F.layer_norm(query, (query.shape[-1],), eps=norm_eps(kind, query.dtype))
+        return F.layer_norm(query, (query.shape[-1],), eps=norm_eps(kind))
     return query
 
 
@@ -134,8 +134,7 @@ class ProductKeyScores(torch.autograd.Function):
         grid = grid.flatten(1, 2).transpose(0, 1)
         # scores = halves @ keys^T per (head, half), as in sub_key_scores
         compute = torch.promote_types(query.dtype, torch.float32)
-        # with the eps of the query's own dtype, as the forward's norm took it (bf16's is 2^-7, not float32's)
-        normalized, scale = normalize_with_scale(query.to(compute), ctx.norm, norm_eps(ctx.norm, query.dtype))
+        normalized, scale = normalize_with_scale(query.to(compute), ctx.norm, norm_eps(ctx.norm))
         halves = normalized.to(query.dtype).view(-1, heads * 2, half_dim).transpose(0, 1)
         grad_keys = torch.bmm(grid.transpose(1, 2), halves).view(keys.shape)
         grad_normalized = torch.bmm(grid, keys.reshape(heads * 2, n, half_dim)).transpose(0, 1).reshape(query.shape)
