@@ -203,6 +203,7 @@ def train(
     saves a checkpoint at the step reached and exits with code 75; the same command resumes."""
     from .train import TrainConfig, train as run_training
     from .train.preemption import Preempted, same_command
+    from .train.run import end_process_group
 
     overrides = overrides_of(set_)
     named = {"model": model, "output_dir": output_dir, "lr": lr, "seed": seed, "max_steps": max_steps, "max_tokens": max_tokens}
@@ -213,6 +214,8 @@ def train(
         final = run_training(TrainConfig.from_yaml(config, overrides), overwrite=overwrite)
     except Preempted as stop:
         raise Preempted(f"{stop}: {same_command()}") from None
+    finally:
+        end_process_group()
     typer.echo(f"wrote {final}")
 
 

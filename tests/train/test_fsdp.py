@@ -29,7 +29,14 @@ from train_helpers import tiny_config, write_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TRAIN_EACH = "import sys\nfrom midus.train import TrainConfig, train\nfor path in sys.argv[1:]:\n    train(TrainConfig.from_yaml(path))\n"
+TRAIN_EACH = textwrap.dedent("""\
+    import sys
+    from midus.train import TrainConfig, train
+    from midus.train.run import end_process_group
+    for path in sys.argv[1:]:
+        train(TrainConfig.from_yaml(path))
+    end_process_group()
+""")
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +156,31 @@ def test_kill_9_of_both_ranks_then_the_same_command_ends_bitwise_as_the_unbroken
     with torch.no_grad():
         expected = AutoModelForCausalLM.from_pretrained(run.model)(ids).logits
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("ends", ["well", "in an error"])
+def test_midus_train_destroys_its_process_group_before_the_process_exits(ends, tmp_path, monkeypatch):
+    """Left to the interpreter's teardown, gloo's threads can abort a rank that ended well (SIGABRT,
+    pytorch#190489): the command destroys the group itself, however the run ended."""
+    import midus.train
+    from typer.testing import CliRunner
+    from midus.cli import app
+    from midus.errors import MidusError
+
+    def run_in_a_group(config, overwrite=False):
+        torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        torch.distributed.barrier()
+        if ends != "well":
+            raise MidusError("the run failed")
+        return tmp_path / "model"
+
+    monkeypatch.setattr(midus.train, "train", run_in_a_group)
+    config = write_config(tiny_config(tmp_path / "base", tmp_path / "run", {"files": [str(tmp_path / "corpus.txt")]}), tmp_path / "train.yaml")
+    try:
+        result = CliRunner().invoke(app, ["train", str(config)])
+    finally:
+        left = torch.distributed.is_initialized()
+        if left:  # not to leave it to the next test
+            torch.distributed.destroy_process_group()
+    assert (result.exit_code == 0) == (ends == "well"), result.output
+    assert ("wrote" in result.output) == (ends == "well") and not left

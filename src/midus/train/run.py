@@ -124,6 +124,15 @@ def restore_sharded_model(trainer: MidusTrainer, checkpoint: Path) -> None:
     load_fsdp_model(trainer.accelerator.state.fsdp_plugin, trainer.accelerator, trainer.model, str(checkpoint))
 
 
+def end_process_group() -> None:
+    """Destroy the process group a run under torchrun set up, before the interpreter exits. Left to the
+    interpreter's teardown, gloo's worker threads can abort a finished process ("terminate called without an
+    active exception", pytorch#190489): a rank that ended well would exit with SIGABRT. For the end of a
+    process only: runs in one process share the group (tests/train/test_fsdp.py)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def decided_by_main(args: TrainingArguments, decide):
     """`decide()` on the main process; its result, or its error, on every process."""
     if args.world_size == 1:
