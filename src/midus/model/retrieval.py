@@ -134,7 +134,7 @@ class ProductKeyScores(torch.autograd.Function):
         grid = grid.flatten(1, 2).transpose(0, 1)
         # scores = halves @ keys^T per (head, half), as in sub_key_scores
         compute = torch.promote_types(query.dtype, torch.float32)
-        normalized, scale = normalize_with_scale(query.to(compute), ctx.norm, norm_eps(ctx.norm))
+        normalized, scale = normalize_with_scale(query.to(compute), ctx.norm)
         halves = normalized.to(query.dtype).view(-1, heads * 2, half_dim).transpose(0, 1)
         grad_keys = torch.bmm(grid.transpose(1, 2), halves).view(keys.shape)
         grad_normalized = torch.bmm(grid, keys.reshape(heads * 2, n, half_dim)).transpose(0, 1).reshape(query.shape)
@@ -142,13 +142,13 @@ class ProductKeyScores(torch.autograd.Function):
         return grad_query.to(query.dtype), grad_keys, None, None, None
 
 
-def normalize_with_scale(query: torch.Tensor, kind: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def normalize_with_scale(query: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`normalize_query` by hand, y = centred * scale, with centred = x - mean(x) (layer) or x (rms, none) and
-    scale = 1 / sqrt(mean(centred²) + eps) (none: 1): y and the scale."""
+    scale = 1 / sqrt(mean(centred²) + norm_eps(kind)) (none: 1): y and the scale."""
     if kind == "none":
         return query, query.new_ones(())
     centred = query - query.mean(-1, keepdim=True) if kind == "layer" else query
-    scale = torch.rsqrt(centred.square().mean(-1, keepdim=True) + eps)
+    scale = torch.rsqrt(centred.square().mean(-1, keepdim=True) + norm_eps(kind))
     return centred * scale, scale
 
 
